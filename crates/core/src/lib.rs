@@ -5,6 +5,19 @@
 //! validation. The crate has no async runtime, store client or postgres client
 //! among its dependencies, so the compiler keeps it that way.
 
+pub mod decide;
+pub mod duration;
+pub mod keys;
 pub mod lsn;
+pub mod plan;
+pub mod report;
+pub mod spec;
+pub mod status;
 
+pub use decide::{decide, ClusterView, Decision, Reason};
+pub use duration::HumanDuration;
 pub use lsn::Lsn;
+pub use plan::{plan, Observed, PgAction, PlanError};
+pub use report::{KeeperReport, ObservedRole};
+pub use spec::{Spec, SpecError};
+pub use status::{Assignment, Status};

@@ -1,0 +1,373 @@
+//! Tests for `decide`, written with a small builder so each case reads as the
+//! cluster it describes, and each asserts the whole decision.
+
+use super::*;
+use crate::lsn::Lsn;
+use proptest::prelude::*;
+
+const SID: u64 = 7_000_000_000_000_000_001;
+
+struct Cluster {
+    view: ClusterView,
+}
+
+fn cluster() -> Cluster {
+    Cluster {
+        view: ClusterView {
+            now_ms: 1_000_000,
+            spec: Spec::default(),
+            status: Status::default(),
+            keepers: BTreeMap::new(),
+            primary_lease_holder: None,
+        },
+    }
+}
+
+fn report(uid: &str) -> KeeperReport {
+    KeeperReport::new(
+        uid,
+        &format!("host-{uid}"),
+        5432,
+        &format!("http://host-{uid}:8008"),
+    )
+}
+
+impl Cluster {
+    /// A keeper with an empty data dir, not yet running postgres.
+    fn fresh(mut self, uid: &str) -> Self {
+        self.view.keepers.insert(uid.into(), report(uid));
+        self
+    }
+
+    /// A keeper whose data (of `sid`) is at `lsn`, postgres stopped.
+    fn with_data(mut self, uid: &str, sid: u64, timeline: u32, lsn: u64) -> Self {
+        let mut r = report(uid);
+        r.system_id = Some(sid);
+        r.timeline = timeline;
+        r.replay_lsn = Some(Lsn(lsn));
+        self.view.keepers.insert(uid.into(), r);
+        self
+    }
+
+    fn broken(mut self, uid: &str) -> Self {
+        let mut r = report(uid);
+        r.error = Some("bad password file".into());
+        self.view.keepers.insert(uid.into(), r);
+        self
+    }
+
+    /// `uid` runs as the healthy primary of system SID.
+    fn primary_running(mut self, uid: &str) -> Self {
+        let mut r = report(uid);
+        r.role = ObservedRole::Primary;
+        r.healthy = true;
+        r.system_id = Some(SID);
+        r.timeline = 1;
+        r.current_lsn = Some(Lsn(0x3000000));
+        self.view.keepers.insert(uid.into(), r);
+        self.view.primary_lease_holder = Some(uid.into());
+        self
+    }
+
+    fn status(mut self, f: impl FnOnce(&mut Status)) -> Self {
+        f(&mut self.view.status);
+        self
+    }
+
+    fn decide(&self) -> Decision {
+        decide(&self.view)
+    }
+}
+
+fn standby_of(primary: &str) -> Assignment {
+    Assignment::Standby {
+        follow: primary.into(),
+        host: format!("host-{primary}"),
+        port: 5432,
+    }
+}
+
+/// The status after `a` was chosen and created the cluster, nothing else.
+fn bootstrapped(s: &mut Status) {
+    s.generation = 1;
+    s.primary = Some("a".into());
+    s.system_id = Some(SID);
+    s.timeline = 1;
+    s.members.insert("a".into(), Assignment::Primary);
+}
+
+#[test]
+fn no_keepers_means_waiting() {
+    let d = cluster().decide();
+    assert_eq!(
+        d,
+        Decision {
+            next: Status::default(),
+            reason: Reason::WaitingForKeepers
+        }
+    );
+}
+
+#[test]
+fn first_keeper_becomes_the_primary() {
+    let c = cluster().fresh("b").fresh("a");
+    let d = c.decide();
+    assert_eq!(d.reason, Reason::InitialPrimary { uid: "a".into() });
+    let mut want = Status {
+        generation: 1,
+        primary: Some("a".into()),
+        ..Status::default()
+    };
+    want.members.insert("a".into(), Assignment::Primary);
+    want.unhealthy_since.insert("a".into(), 1_000_000);
+    want.history.push(HistoryEntry {
+        at_ms: 1_000_000,
+        generation: 1,
+        old_primary: None,
+        new_primary: Some("a".into()),
+        reason: "a chosen as the first primary: it will create the cluster".into(),
+    });
+    assert_eq!(d.next, want);
+}
+
+#[test]
+fn keepers_reporting_errors_are_not_chosen() {
+    let d = cluster().broken("a").fresh("b").decide();
+    assert_eq!(d.reason, Reason::InitialPrimary { uid: "b".into() });
+    let d = cluster().broken("a").decide();
+    assert_eq!(d.reason, Reason::WaitingForKeepers);
+    assert_eq!(d.next, Status::default());
+}
+
+#[test]
+fn existing_data_wins_and_the_most_advanced_copy_is_adopted() {
+    let d = cluster()
+        .fresh("a")
+        .with_data("b", SID, 1, 100)
+        .with_data("c", SID, 1, 200)
+        .decide();
+    assert_eq!(
+        d.reason,
+        Reason::AdoptedExistingData {
+            uid: "c".into(),
+            system_id: SID
+        }
+    );
+    assert_eq!(d.next.system_id, Some(SID));
+    assert_eq!(d.next.primary.as_deref(), Some("c"));
+    // A higher timeline beats a higher LSN on an older one.
+    let d = cluster()
+        .with_data("b", SID, 2, 100)
+        .with_data("c", SID, 1, 900)
+        .decide();
+    assert_eq!(
+        d.reason,
+        Reason::AdoptedExistingData {
+            uid: "b".into(),
+            system_id: SID
+        }
+    );
+    // Ties go to the smallest uid.
+    let d = cluster()
+        .with_data("b", SID, 1, 100)
+        .with_data("c", SID, 1, 100)
+        .decide();
+    assert_eq!(d.next.primary.as_deref(), Some("b"));
+}
+
+#[test]
+fn standbys_wait_until_the_primary_runs() {
+    let c = cluster().fresh("a").fresh("b").status(|s| {
+        s.generation = 1;
+        s.primary = Some("a".into());
+        s.members.insert("a".into(), Assignment::Primary);
+    });
+    let d = c.decide();
+    assert_eq!(d.next.members.len(), 1);
+    assert_eq!(d.next.generation, 1);
+}
+
+#[test]
+fn running_primary_records_the_system_id_and_gets_standbys() {
+    let c = cluster()
+        .primary_running("a")
+        .fresh("b")
+        .fresh("c")
+        .status(|s| {
+            s.generation = 1;
+            s.primary = Some("a".into());
+            s.members.insert("a".into(), Assignment::Primary);
+        });
+    let d = c.decide();
+    assert_eq!(
+        d.reason,
+        Reason::AssignedStandbys {
+            uids: vec!["b".into(), "c".into()]
+        }
+    );
+    let n = &d.next;
+    assert_eq!(n.system_id, Some(SID));
+    assert_eq!(n.timeline, 1);
+    assert_eq!(n.generation, 2);
+    assert_eq!(n.members["b"], standby_of("a"));
+    assert_eq!(n.members["c"], standby_of("a"));
+    assert_eq!(n.history.last().map(|h| h.generation), Some(2));
+}
+
+#[test]
+fn recording_the_system_id_alone_does_not_bump_the_generation() {
+    let c = cluster().primary_running("a").status(|s| {
+        s.generation = 1;
+        s.primary = Some("a".into());
+        s.members.insert("a".into(), Assignment::Primary);
+    });
+    let d = c.decide();
+    assert_eq!(d.reason, Reason::RecordedSystemId { system_id: SID });
+    assert_eq!(d.next.generation, 1);
+    assert!(d.next.history.is_empty());
+}
+
+#[test]
+fn keeper_with_another_clusters_data_is_left_alone() {
+    let d = cluster()
+        .primary_running("a")
+        .with_data("x", 42, 1, 5)
+        .status(bootstrapped)
+        .decide();
+    assert!(!d.next.members.contains_key("x"));
+    assert_eq!(d.reason, Reason::Unchanged);
+}
+
+#[test]
+fn converged_cluster_is_unchanged() {
+    let mut c = cluster().primary_running("a").status(bootstrapped);
+    let mut b = report("b");
+    b.role = ObservedRole::Standby;
+    b.healthy = true;
+    b.system_id = Some(SID);
+    c.view.keepers.insert("b".into(), b);
+    c.view.status.members.insert("b".into(), standby_of("a"));
+    c.view.status.generation = 2;
+    let d = c.decide();
+    assert_eq!(
+        d,
+        Decision {
+            next: c.view.status.clone(),
+            reason: Reason::Unchanged
+        }
+    );
+    assert!(!d.changed(&c.view.status));
+}
+
+#[test]
+fn standby_is_repointed_when_the_primary_moves_address() {
+    let c = cluster().primary_running("a").fresh("b").status(|s| {
+        bootstrapped(s);
+        s.members.insert(
+            "b".into(),
+            Assignment::Standby {
+                follow: "a".into(),
+                host: "old".into(),
+                port: 5432,
+            },
+        );
+    });
+    let d = c.decide();
+    assert_eq!(
+        d.reason,
+        Reason::AssignedStandbys {
+            uids: vec!["b".into()]
+        }
+    );
+    assert_eq!(d.next.members["b"], standby_of("a"));
+}
+
+#[test]
+fn unhealthy_since_is_remembered_and_cleared() {
+    let c = cluster().primary_running("a").status(|s| {
+        bootstrapped(s);
+        s.members.insert("b".into(), standby_of("a"));
+    });
+    let d = c.decide();
+    assert_eq!(d.reason, Reason::HealthChanged);
+    assert_eq!(d.next.unhealthy_since.get("b"), Some(&1_000_000));
+    // A later round keeps the first time it was seen unhealthy.
+    let mut later = cluster()
+        .primary_running("a")
+        .status(|s| *s = d.next.clone());
+    later.view.now_ms += 5_000;
+    let d2 = later.decide();
+    assert_eq!(d2.reason, Reason::Unchanged);
+    assert_eq!(d2.next.unhealthy_since.get("b"), Some(&1_000_000));
+}
+
+fn arb_report() -> impl Strategy<Value = KeeperReport> {
+    (
+        "[a-e]",
+        proptest::option::of(prop_oneof![Just(SID), Just(42u64)]),
+        any::<bool>(),
+        any::<bool>(),
+        0u64..1000,
+        any::<bool>(),
+    )
+        .prop_map(|(uid, sid, healthy, is_primary, lsn, err)| {
+            let mut r = report(&uid);
+            r.system_id = sid;
+            r.healthy = healthy;
+            r.role = if is_primary {
+                ObservedRole::Primary
+            } else {
+                ObservedRole::Standby
+            };
+            r.replay_lsn = Some(Lsn(lsn));
+            r.current_lsn = Some(Lsn(lsn));
+            r.timeline = 1;
+            r.error = err.then(|| "broken".to_string());
+            r
+        })
+}
+
+proptest! {
+    /// Whatever the keepers report, repeated rounds never lower the generation,
+    /// never name two primaries, never assign a keeper whose data belongs to
+    /// another system, and reach a fixed point.
+    #[test]
+    fn rounds_are_safe_and_converge(rounds in proptest::collection::vec(proptest::collection::vec(arb_report(), 0..5), 1..8)) {
+        let mut status = Status::default();
+        for (i, reports) in rounds.iter().enumerate() {
+            let view = ClusterView {
+                now_ms: 1000 * i as u64,
+                spec: Spec::default(),
+                status: status.clone(),
+                keepers: reports.iter().map(|r| (r.uid.clone(), r.clone())).collect(),
+                primary_lease_holder: None,
+            };
+            let d = decide(&view);
+            prop_assert!(d.next.generation >= status.generation);
+            let primaries = d.next.members.values().filter(|a| **a == Assignment::Primary).count();
+            prop_assert!(primaries <= 1);
+            prop_assert_eq!(primaries == 1, d.next.primary.is_some());
+            if let Some(sid) = d.next.system_id {
+                for (uid, _) in d.next.members.iter().filter(|(u, _)| Some(*u) != d.next.primary.as_ref()) {
+                    if let Some(r) = view.keepers.get(uid) {
+                        prop_assert!(r.system_id.is_none_or(|s| s == sid) || status.members.contains_key(uid));
+                    }
+                }
+            }
+            // On an unchanging view, decisions reach a fixed point within a
+            // few rounds (choose a primary, record its data, add standbys).
+            let mut s = d.next.clone();
+            let mut fixed = false;
+            for _ in 0..3 {
+                let again = decide(&ClusterView { status: s.clone(), ..view.clone() });
+                fixed = !again.changed(&s);
+                s = again.next;
+                if fixed {
+                    break;
+                }
+            }
+            prop_assert!(fixed, "no fixed point after 3 rounds: {:?}", s);
+            status = d.next;
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! What each keeper publishes about itself under `keepers/<uid>`.
+//!
+//! The report is attached to the keeper's lease, so it vanishes when the keeper
+//! dies: the sentinel treats "no report" as "keeper gone" without any timeout
+//! logic of its own.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+
+/// The role postgres is actually in, as the keeper observed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedRole {
+    /// Running and accepting writes.
+    Primary,
+    /// Running in recovery.
+    Standby,
+    /// Not running, or not answering.
+    Stopped,
+    /// Being created (initdb or base backup in progress).
+    Initializing,
+}
+
+/// One keeper's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeeperReport {
+    /// The keeper's stable identity.
+    pub uid: String,
+    /// Address other nodes and proxies use to reach this postgres.
+    pub pg_host: String,
+    /// Port of this postgres.
+    pub pg_port: u16,
+    /// Base URL of this keeper's HTTP API.
+    pub api_url: String,
+    /// What postgres is doing now.
+    pub role: ObservedRole,
+    /// Postgres answers queries.
+    pub healthy: bool,
+    /// Timeline postgres is on (0 when unknown).
+    pub timeline: u32,
+    /// On a primary: the current write position.
+    pub current_lsn: Option<Lsn>,
+    /// On a standby: the last position received from the primary.
+    pub receive_lsn: Option<Lsn>,
+    /// On a standby: the last position replayed.
+    pub replay_lsn: Option<Lsn>,
+    /// On a standby: its WAL receiver is streaming.
+    pub streaming: bool,
+    /// System identifier of the data directory, once it exists.
+    #[serde(with = "opt_u64_string")]
+    pub system_id: Option<u64>,
+    /// `server_version_num` of postgres, once known.
+    pub pg_version: Option<u32>,
+    /// The highest status generation this keeper has carried out.
+    pub applied_generation: u64,
+    /// Never promote this node.
+    pub nofailover: bool,
+    /// Why the keeper cannot do what it was assigned, if it cannot.
+    pub error: Option<String>,
+}
+
+impl KeeperReport {
+    /// A report for a keeper that has not observed postgres yet.
+    pub fn new(uid: &str, pg_host: &str, pg_port: u16, api_url: &str) -> Self {
+        KeeperReport {
+            uid: uid.to_string(),
+            pg_host: pg_host.to_string(),
+            pg_port,
+            api_url: api_url.to_string(),
+            role: ObservedRole::Stopped,
+            healthy: false,
+            timeline: 0,
+            current_lsn: None,
+            receive_lsn: None,
+            replay_lsn: None,
+            streaming: false,
+            system_id: None,
+            pg_version: None,
+            applied_generation: 0,
+            nofailover: false,
+            error: None,
+        }
+    }
+
+    /// The position that shows how much of the history this node holds:
+    /// the write position on a primary, the replayed one on a standby.
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self.role {
+            ObservedRole::Primary => self.current_lsn,
+            _ => self.replay_lsn.or(self.receive_lsn),
+        }
+    }
+
+    /// The furthest position this node has durably received; what failover
+    /// candidates are ranked by.
+    pub fn received_lsn(&self) -> Option<Lsn> {
+        match (self.receive_lsn, self.replay_lsn) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b).or(self.current_lsn),
+        }
+    }
+
+    /// JSON for the store.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a report read from the store.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// System identifiers are 64-bit and JSON readers (jq, JavaScript) lose
+/// precision past 2^53, so they travel as strings.
+pub(crate) mod opt_u64_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| t.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trips_with_string_system_id() {
+        let mut r = KeeperReport::new("a", "127.0.0.1", 5432, "http://127.0.0.1:8008");
+        r.system_id = Some(7_300_000_000_000_000_001);
+        r.current_lsn = Some(Lsn(0x3000060));
+        let json = String::from_utf8(r.to_json()).unwrap();
+        assert!(
+            json.contains("\"system_id\":\"7300000000000000001\""),
+            "{json}"
+        );
+        assert!(json.contains("\"current_lsn\":\"0/3000060\""), "{json}");
+        assert_eq!(KeeperReport::from_json(json.as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn lsn_depends_on_role() {
+        let mut r = KeeperReport::new("a", "h", 1, "u");
+        r.role = ObservedRole::Standby;
+        r.receive_lsn = Some(Lsn(20));
+        r.replay_lsn = Some(Lsn(10));
+        assert_eq!(r.lsn(), Some(Lsn(10)));
+        assert_eq!(r.received_lsn(), Some(Lsn(20)));
+        r.role = ObservedRole::Primary;
+        r.current_lsn = Some(Lsn(30));
+        assert_eq!(r.lsn(), Some(Lsn(30)));
+    }
+}

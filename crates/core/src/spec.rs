@@ -1,0 +1,339 @@
+//! The cluster spec: the operator's policy, stored in etcd under `spec`.
+//!
+//! Written by `ctl init` / `ctl spec set`, read by every role. It carries a
+//! `format_version` so that a newer pgwarden can refuse (or migrate) a spec it
+//! does not understand instead of misreading it, and it is validated before any
+//! role acts on it: a bad value is rejected with the field's name, never half
+//! applied.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+
+/// The spec format this build writes and understands.
+pub const SPEC_FORMAT_VERSION: u32 = 1;
+
+/// Default time-to-live of the primary lease. With renewal every third of it and
+/// a fencing margin of a third, a dead primary's lease is gone within this time.
+pub const DEFAULT_PRIMARY_LEASE_TTL: HumanDuration = HumanDuration::from_secs(3);
+/// Default time-to-live of each keeper's report.
+pub const DEFAULT_KEEPER_REPORT_TTL: HumanDuration = HumanDuration::from_secs(5);
+/// Default time-to-live of the sentinel leader's election key.
+pub const DEFAULT_SENTINEL_LEASE_TTL: HumanDuration = HumanDuration::from_secs(3);
+/// Default time-to-live of each proxy's acknowledgement key.
+pub const DEFAULT_PROXY_TTL: HumanDuration = HumanDuration::from_secs(3);
+/// Default largest replay lag a standby may have and still be promoted.
+pub const DEFAULT_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
+/// Bounds a TTL must lie within: below a second, a GC pause or a slow fsync on
+/// etcd would cause failovers; above a minute, failover stops being automatic
+/// in any useful sense.
+pub const MIN_TTL_MS: u64 = 1_000;
+/// See [`MIN_TTL_MS`].
+pub const MAX_TTL_MS: u64 = 60_000;
+
+/// What a keeper does when postgres dies under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPostgresCrash {
+    /// Fail over to a caught-up standby if there is one, else restart postgres.
+    #[default]
+    Failover,
+    /// Always restart postgres in place.
+    Restart,
+}
+
+/// The operator's policy for one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spec {
+    /// Format of this document; see [`SPEC_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Lifetime of the primary lease.
+    pub primary_lease_ttl: HumanDuration,
+    /// Lifetime of each keeper's report key.
+    pub keeper_report_ttl: HumanDuration,
+    /// Lifetime of the sentinel leader's election key.
+    pub sentinel_lease_ttl: HumanDuration,
+    /// Lifetime of each proxy's acknowledgement key.
+    pub proxy_ttl: HumanDuration,
+    /// Largest replay lag (bytes) a standby may have and still be promoted.
+    pub max_lag_bytes: u64,
+    /// No automatic failover while set.
+    pub paused: bool,
+    /// What to do when postgres crashes under a live keeper.
+    pub on_postgres_crash: OnPostgresCrash,
+    /// Re-clone a standby when pg_rewind fails.
+    pub reclone_on_rewind_failure: bool,
+    /// Postgres parameters applied on every node.
+    pub pg_parameters: BTreeMap<String, String>,
+    /// Extra pg_hba.conf lines, placed before pgwarden's defaults.
+    pub pg_hba: Vec<String>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            format_version: SPEC_FORMAT_VERSION,
+            primary_lease_ttl: DEFAULT_PRIMARY_LEASE_TTL,
+            keeper_report_ttl: DEFAULT_KEEPER_REPORT_TTL,
+            sentinel_lease_ttl: DEFAULT_SENTINEL_LEASE_TTL,
+            proxy_ttl: DEFAULT_PROXY_TTL,
+            max_lag_bytes: DEFAULT_MAX_LAG_BYTES,
+            paused: false,
+            on_postgres_crash: OnPostgresCrash::default(),
+            reclone_on_rewind_failure: true,
+            pg_parameters: BTreeMap::new(),
+            pg_hba: Vec::new(),
+        }
+    }
+}
+
+/// Parameters pgwarden sets itself on every node; an operator value for them
+/// would break replication or routing, so the spec may not carry them.
+pub const MANAGED_PARAMETERS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "wal_level",
+    "hot_standby",
+    "primary_conninfo",
+    "primary_slot_name",
+    "cluster_name",
+    "unix_socket_directories",
+    "wal_log_hints",
+];
+
+/// A spec that cannot be used; each variant names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The TOML or JSON text did not parse; the message names the field.
+    #[error("malformed spec: {0}")]
+    Malformed(String),
+    /// Written by a newer pgwarden.
+    #[error("spec format_version {found} is not supported by this pgwarden (it understands {supported}); upgrade pgwarden")]
+    UnsupportedVersion {
+        /// Version in the document.
+        found: u32,
+        /// Version this build understands.
+        supported: u32,
+    },
+    /// A TTL outside the sane range.
+    #[error("spec field {field} = {value} is out of range: use between 1s and 60s")]
+    TtlOutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: HumanDuration,
+    },
+    /// A postgres parameter pgwarden owns.
+    #[error("spec field pg_parameters.{0} is managed by pgwarden and cannot be set")]
+    ManagedParameter(String),
+    /// A parameter name postgres could never accept.
+    #[error("spec field pg_parameters has an invalid parameter name {0:?}: use letters, digits, '_' and '.'")]
+    BadParameterName(String),
+    /// A pg_hba line that does not start with a connection type.
+    #[error("spec field pg_hba has an invalid entry {0:?}: each line starts with local, host, hostssl, hostnossl, hostgssenc or hostnogssenc")]
+    BadHbaEntry(String),
+    /// A value with a line break would inject lines into postgresql.conf.
+    #[error("spec field {field} has a line break in its value: values must be on one line")]
+    Multiline {
+        /// The field.
+        field: String,
+    },
+}
+
+impl Spec {
+    /// Parses a spec from TOML (the format of `ctl init --spec FILE`) and validates it.
+    pub fn from_toml(text: &str) -> Result<Spec, SpecError> {
+        let spec: Spec =
+            toml::from_str(text).map_err(|e| SpecError::Malformed(one_line(&e.to_string())))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Parses a spec from the JSON stored in etcd and validates it.
+    pub fn from_json(bytes: &[u8]) -> Result<Spec, SpecError> {
+        // Check the version first so that a newer spec is reported as such,
+        // not as an unknown field.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: Option<u32>,
+        }
+        if let Ok(Version {
+            format_version: Some(v),
+        }) = serde_json::from_slice::<Version>(bytes)
+        {
+            if v > SPEC_FORMAT_VERSION {
+                return Err(SpecError::UnsupportedVersion {
+                    found: v,
+                    supported: SPEC_FORMAT_VERSION,
+                });
+            }
+        }
+        let spec: Spec =
+            serde_json::from_slice(bytes).map_err(|e| SpecError::Malformed(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The JSON stored in etcd.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings, numbers and maps with string keys always serializes.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// The TOML shown by `ctl spec show`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.format_version > SPEC_FORMAT_VERSION || self.format_version == 0 {
+            return Err(SpecError::UnsupportedVersion {
+                found: self.format_version,
+                supported: SPEC_FORMAT_VERSION,
+            });
+        }
+        for (field, value) in [
+            ("primary_lease_ttl", self.primary_lease_ttl),
+            ("keeper_report_ttl", self.keeper_report_ttl),
+            ("sentinel_lease_ttl", self.sentinel_lease_ttl),
+            ("proxy_ttl", self.proxy_ttl),
+        ] {
+            if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&value.as_millis()) {
+                return Err(SpecError::TtlOutOfRange { field, value });
+            }
+        }
+        for (name, value) in &self.pg_parameters {
+            let lower = name.to_ascii_lowercase();
+            if MANAGED_PARAMETERS.contains(&lower.as_str()) {
+                return Err(SpecError::ManagedParameter(name.clone()));
+            }
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+            if !name_ok {
+                return Err(SpecError::BadParameterName(name.clone()));
+            }
+            if value.contains(['\n', '\r']) {
+                return Err(SpecError::Multiline {
+                    field: format!("pg_parameters.{name}"),
+                });
+            }
+        }
+        const HBA_TYPES: &[&str] = &[
+            "local",
+            "host",
+            "hostssl",
+            "hostnossl",
+            "hostgssenc",
+            "hostnogssenc",
+        ];
+        for line in &self.pg_hba {
+            if line.contains(['\n', '\r']) {
+                return Err(SpecError::Multiline {
+                    field: "pg_hba".into(),
+                });
+            }
+            let first = line.split_whitespace().next().unwrap_or("");
+            if !HBA_TYPES.contains(&first) || line.split_whitespace().count() < 4 {
+                return Err(SpecError::BadHbaEntry(line.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_is_valid_and_round_trips() {
+        let spec = Spec::default();
+        spec.validate().unwrap();
+        assert_eq!(Spec::from_json(&spec.to_json()).unwrap(), spec);
+        assert_eq!(Spec::from_toml(&spec.to_toml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn toml_fills_defaults_for_missing_fields() {
+        let spec =
+            Spec::from_toml("max_lag_bytes = 1024\n[pg_parameters]\nwork_mem = '64MB'\n").unwrap();
+        assert_eq!(spec.max_lag_bytes, 1024);
+        assert_eq!(spec.pg_parameters["work_mem"], "64MB");
+        assert_eq!(spec.primary_lease_ttl, DEFAULT_PRIMARY_LEASE_TTL);
+    }
+
+    #[test]
+    fn malformed_toml_names_the_field() {
+        let err = Spec::from_toml("max_lag_bytes = 'lots'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_lag_bytes"), "{err}");
+        let err = Spec::from_toml("no_such_field = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no_such_field"), "{err}");
+        let err = Spec::from_toml("primary_lease_ttl = '3'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("primary_lease_ttl") || err.contains("invalid duration"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ttl_out_of_range_is_refused() {
+        let err = Spec::from_toml("primary_lease_ttl = '100ms'\n").unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::TtlOutOfRange {
+                field: "primary_lease_ttl",
+                value: HumanDuration::from_millis(100)
+            }
+        );
+        assert!(Spec::from_toml("proxy_ttl = '2m'\n").is_err());
+    }
+
+    #[test]
+    fn managed_and_malformed_parameters_are_refused() {
+        let err = Spec::from_toml("[pg_parameters]\nport = '5433'\n").unwrap_err();
+        assert_eq!(err, SpecError::ManagedParameter("port".into()));
+        let err = Spec::from_toml("[pg_parameters]\n'work mem' = '1'\n").unwrap_err();
+        assert_eq!(err, SpecError::BadParameterName("work mem".into()));
+        let err = Spec::from_toml("[pg_parameters]\nwork_mem = \"1\\nport=1\"\n").unwrap_err();
+        assert!(matches!(err, SpecError::Multiline { .. }));
+    }
+
+    #[test]
+    fn hba_entries_are_checked() {
+        assert!(Spec::from_toml("pg_hba = ['host all all 10.0.0.0/8 scram-sha-256']\n").is_ok());
+        let err = Spec::from_toml("pg_hba = ['allow everyone']\n").unwrap_err();
+        assert_eq!(err, SpecError::BadHbaEntry("allow everyone".into()));
+    }
+
+    #[test]
+    fn newer_format_is_reported_as_such() {
+        let err = Spec::from_json(br#"{"format_version": 9, "shiny_new_field": 1}"#).unwrap_err();
+        assert_eq!(
+            err,
+            SpecError::UnsupportedVersion {
+                found: 9,
+                supported: SPEC_FORMAT_VERSION
+            }
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The sentinel's decision, stored under `status`.
+//!
+//! Everything `decide` needs to remember between rounds lives here (not in the
+//! sentinel's memory), so a newly elected sentinel continues exactly where the
+//! old one stopped. Keepers and proxies read it and carry it out without making
+//! choices of their own: a standby's assignment already names the address it
+//! must stream from.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::opt_u64_string;
+
+/// The status format this build writes and understands.
+pub const STATUS_FORMAT_VERSION: u32 = 1;
+/// How many past decisions the status keeps for `ctl status`.
+pub const HISTORY_LEN: usize = 20;
+
+/// What one keeper must be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum Assignment {
+    /// Run postgres as the writable primary.
+    Primary,
+    /// Stream from `follow`, reachable at `host:port`.
+    Standby {
+        /// The uid of the node to stream from.
+        follow: String,
+        /// Its postgres host.
+        host: String,
+        /// Its postgres port.
+        port: u16,
+    },
+}
+
+/// A past decision, for operators reading `ctl status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Wall-clock time of the decision, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Generation the decision produced.
+    pub generation: u64,
+    /// Primary before.
+    pub old_primary: Option<String>,
+    /// Primary after.
+    pub new_primary: Option<String>,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// The cluster's current assignment of roles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    /// Format of this document.
+    pub format_version: u32,
+    /// Bumped on every role change; never decreases.
+    pub generation: u64,
+    /// The system identifier of the cluster's data, once a primary created or adopted it.
+    #[serde(with = "opt_u64_string")]
+    pub system_id: Option<u64>,
+    /// The uid of the primary, if one is assigned.
+    pub primary: Option<String>,
+    /// The timeline the primary is on (0 when unknown).
+    pub timeline: u32,
+    /// Each known keeper's assignment.
+    pub members: BTreeMap<String, Assignment>,
+    /// Since when (ms since epoch) a member has been seen unhealthy.
+    pub unhealthy_since: BTreeMap<String, u64>,
+    /// The last decisions, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            format_version: STATUS_FORMAT_VERSION,
+            generation: 0,
+            system_id: None,
+            primary: None,
+            timeline: 0,
+            members: BTreeMap::new(),
+            unhealthy_since: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
+impl Status {
+    /// JSON for the store.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses the status read from the store.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The uids of members assigned to stream from someone.
+    pub fn standbys(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, a)| matches!(a, Assignment::Standby { .. }))
+            .map(|(uid, _)| uid.as_str())
+    }
+
+    /// Appends a history entry, keeping the last [`HISTORY_LEN`].
+    pub fn record(&mut self, entry: HistoryEntry) {
+        self.history.push(entry);
+        let excess = self.history.len().saturating_sub(HISTORY_LEN);
+        self.history.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips() {
+        let mut s = Status {
+            generation: 3,
+            system_id: Some(u64::MAX),
+            primary: Some("a".into()),
+            ..Status::default()
+        };
+        s.members.insert("a".into(), Assignment::Primary);
+        s.members.insert(
+            "b".into(),
+            Assignment::Standby {
+                follow: "a".into(),
+                host: "h".into(),
+                port: 5,
+            },
+        );
+        assert_eq!(Status::from_json(&s.to_json()).unwrap(), s);
+        assert_eq!(s.standbys().collect::<Vec<_>>(), vec!["b"]);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut s = Status::default();
+        for g in 0..(HISTORY_LEN as u64 + 5) {
+            s.record(HistoryEntry {
+                at_ms: g,
+                generation: g,
+                old_primary: None,
+                new_primary: None,
+                reason: "r".into(),
+            });
+        }
+        assert_eq!(s.history.len(), HISTORY_LEN);
+        assert_eq!(s.history[0].generation, 5);
+    }
+}
