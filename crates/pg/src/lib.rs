@@ -1,1 +1,27 @@
-//! placeholder
+//! pgwarden's control of one postgres instance.
+//!
+//! This crate is the keeper's hands: it renders the configuration files
+//! ([`render`]), inspects data directories ([`datadir`]), runs the one-shot
+//! programs (`initdb`, `pg_basebackup`, `pg_rewind`, `pg_controldata`; [`ops`]),
+//! keeps the postmaster as a supervised child ([`postmaster`]) and asks it
+//! questions over SQL ([`probe`]). It makes no decisions: what to do, and
+//! when, is decided in `pgwarden-core`.
+
+pub mod bins;
+pub mod datadir;
+mod error;
+pub mod ops;
+pub mod postmaster;
+pub mod probe;
+pub mod render;
+
+pub use bins::{PgBins, RunAs};
+pub use datadir::{inspect_data_dir, parse_controldata, ControlData, DataDirState};
+pub use error::PgError;
+pub use ops::{basebackup, controldata, initdb, rewind, set_standby_signal, write_file_atomic};
+pub use postmaster::{running_postmaster_pid, ExitInfo, Postmaster};
+pub use probe::{ConnParams, PgClient, PgStatus, ReplicationPeer};
+pub use render::{
+    primary_conninfo, render_pg_hba, render_postgresql_conf, slot_name, PgConf, StandbyConf,
+    MANAGED_PARAMETERS,
+};

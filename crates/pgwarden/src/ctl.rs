@@ -1,0 +1,314 @@
+//! `pgwarden ctl`: the operator's command line.
+//!
+//! ctl never decides anything: it writes requests (the spec) and reads what
+//! the sentinel and keepers published. Every failure is one line naming the
+//! problem and the fix, with a non-zero exit.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use pgwarden_core::{keys, Spec};
+use pgwarden_store::{CasOutcome, Store, StoreOptions};
+
+use crate::view::{self, Snapshot};
+use crate::StoreArgs;
+
+mod status;
+
+pub use status::table as status_table;
+
+/// `pgwarden ctl` flags.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// ctl's commands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Create the cluster in the store with a spec (defaults, or a TOML file).
+    Init {
+        /// TOML file with spec fields; missing fields take their defaults.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Replace the spec of an existing cluster (and let the sentinel
+        /// decide afresh). Data directories are never touched.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the cluster: members, roles, lag, proxies.
+    #[command(alias = "list")]
+    Status {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show or change the cluster spec.
+    Spec {
+        #[command(subcommand)]
+        command: SpecCommand,
+    },
+    /// Stop automatic failover; keepers keep running postgres.
+    Pause,
+    /// Resume automatic failover.
+    Resume,
+}
+
+/// `ctl spec` commands.
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Print the spec as TOML.
+    Show,
+    /// Set fields: `max_lag_bytes=1048576`, `pg_parameters.work_mem=64MB`.
+    Set {
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+    },
+}
+
+/// How `ctl status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// One JSON object for scripts.
+    Json,
+}
+
+/// Builds the store client from the common flags.
+pub fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
+    let cluster = args
+        .cluster_name
+        .as_deref()
+        .ok_or_else(|| anyhow!("no cluster name: pass --cluster-name NAME or set PGWARDEN_CLUSTER_NAME"))?;
+    if !keys::valid_uid(cluster) {
+        bail!("invalid cluster name {cluster:?}: use letters, digits, '-' and '_' (at most 48)");
+    }
+    if args.store_endpoints.is_empty() {
+        bail!("no etcd endpoints: pass --store-endpoints http://HOST:2379[,...] or set PGWARDEN_STORE_ENDPOINTS");
+    }
+    Ok(Store::new(&args.store_endpoints, cluster, StoreOptions::default())?)
+}
+
+/// Runs one ctl command.
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.store)?;
+    match args.command {
+        CtlCommand::Init { spec, yes, force } => init(&store, spec, yes, force).await,
+        CtlCommand::Status { output } => {
+            let snap = load_initialised(&store).await?;
+            let mut out = std::io::stdout().lock();
+            match output {
+                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&status::to_json(store.cluster(), &snap))?)?,
+                Output::Table => write!(out, "{}", status::table(store.cluster(), &snap))?,
+            }
+            Ok(())
+        }
+        CtlCommand::Spec { command: SpecCommand::Show } => {
+            let snap = load_initialised(&store).await?;
+            print!("{}", snap.spec.unwrap_or_default().to_toml());
+            Ok(())
+        }
+        CtlCommand::Spec { command: SpecCommand::Set { assignments } } => {
+            update_spec(&store, |spec| {
+                for a in &assignments {
+                    set_field(spec, a)?;
+                }
+                Ok(())
+            })
+            .await?;
+            println!("spec updated");
+            Ok(())
+        }
+        CtlCommand::Pause => {
+            update_spec(&store, |s| {
+                s.paused = true;
+                Ok(())
+            })
+            .await?;
+            println!("cluster {} paused: no automatic failover until `pgwarden ctl resume`", store.cluster());
+            Ok(())
+        }
+        CtlCommand::Resume => {
+            update_spec(&store, |s| {
+                s.paused = false;
+                Ok(())
+            })
+            .await?;
+            println!("cluster {} resumed: automatic failover is on", store.cluster());
+            Ok(())
+        }
+    }
+}
+
+/// Reads the cluster, refusing one that was never initialised.
+pub async fn load_initialised(store: &Store) -> anyhow::Result<Snapshot> {
+    let snap = view::load(store).await.context("read the cluster")?;
+    if snap.spec.is_none() {
+        bail!(
+            "cluster {:?} is not initialised in etcd at {}: run `pgwarden ctl init` first (or check --cluster-name)",
+            store.cluster(),
+            store.endpoints().join(",")
+        );
+    }
+    Ok(snap)
+}
+
+async fn init(store: &Store, spec_file: Option<PathBuf>, yes: bool, force: bool) -> anyhow::Result<()> {
+    let spec = match &spec_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read spec file {}", path.display()))?;
+            Spec::from_toml(&text).with_context(|| format!("spec file {}", path.display()))?
+        }
+        None => Spec::default(),
+    };
+    let existing = store.get(keys::SPEC).await.context("read the cluster spec")?;
+    match existing {
+        None => {
+            if store.create(keys::SPEC, spec.to_json(), None).await.context("write the cluster spec")?.is_none() {
+                bail!("cluster {:?} was initialised by someone else just now: nothing changed", store.cluster());
+            }
+            println!("cluster {} initialised in etcd at {}", store.cluster(), store.endpoints().join(","));
+            Ok(())
+        }
+        Some(_) if !force => bail!(
+            "cluster {:?} already exists in etcd at {}: nothing changed; to replace its spec run `pgwarden ctl init --force` (data directories are never touched)",
+            store.cluster(),
+            store.endpoints().join(",")
+        ),
+        Some(current) => {
+            confirm(
+                &format!(
+                    "Replace the spec of cluster {} and let the sentinel choose roles afresh (keepers' data is kept)?",
+                    store.cluster()
+                ),
+                yes,
+            )?;
+            match store.cas(keys::SPEC, spec.to_json(), current.mod_revision, &[], None).await.context("write the cluster spec")? {
+                CasOutcome::Written { .. } => {}
+                CasOutcome::Conflict => bail!("the spec changed while replacing it: nothing changed; run the command again"),
+            }
+            store.delete(keys::STATUS).await.context("clear the cluster status")?;
+            println!("cluster {} re-initialised: spec replaced, data directories untouched", store.cluster());
+            Ok(())
+        }
+    }
+}
+
+/// Asks on a terminal; refuses without one unless `--yes`.
+pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} Refusing without a terminal to ask on: pass --yes to confirm");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).context("read the answer")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        bail!("not confirmed: nothing changed")
+    }
+}
+
+/// Read-modify-write of the spec with compare-and-swap, validated before the write.
+async fn update_spec(store: &Store, change: impl Fn(&mut Spec) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    for _ in 0..5 {
+        let current = store.get(keys::SPEC).await.context("read the cluster spec")?.ok_or_else(|| {
+            anyhow!(
+                "cluster {:?} is not initialised in etcd at {}: run `pgwarden ctl init` first",
+                store.cluster(),
+                store.endpoints().join(",")
+            )
+        })?;
+        let mut spec = Spec::from_json(&current.value).context("the cluster spec in etcd")?;
+        change(&mut spec)?;
+        spec.validate()?;
+        match store.cas(keys::SPEC, spec.to_json(), current.mod_revision, &[], None).await.context("write the cluster spec")? {
+            CasOutcome::Written { .. } => return Ok(()),
+            CasOutcome::Conflict => continue,
+        }
+    }
+    bail!("the spec kept changing under us: nothing changed; try again")
+}
+
+/// Applies one `KEY=VALUE` to the spec, through its TOML form so every field
+/// and its type are handled by the same parser as `ctl init --spec`.
+fn set_field(spec: &mut Spec, assignment: &str) -> anyhow::Result<()> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{assignment:?} is not KEY=VALUE: write e.g. pg_parameters.work_mem=64MB"))?;
+    let key = key.trim();
+    let mut doc: toml::Table = toml::from_str(&spec.to_toml()).context("render the spec")?;
+    let value = parse_value(value);
+    match key.split_once('.') {
+        Some((table, sub)) => {
+            let entry = doc.entry(table.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(t) = entry else { bail!("spec field {table} has no sub-fields") };
+            // Parameters are strings to postgres whatever they look like.
+            let value = toml::Value::String(match value {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            });
+            t.insert(sub.to_string(), value);
+        }
+        None => {
+            doc.insert(key.to_string(), value);
+        }
+    }
+    *spec = Spec::from_toml(&toml::to_string(&doc)?)?;
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let raw = raw.trim();
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_field_handles_types_and_nested_parameters() {
+        let mut spec = Spec::default();
+        set_field(&mut spec, "max_lag_bytes=1024").unwrap();
+        set_field(&mut spec, "paused=true").unwrap();
+        set_field(&mut spec, "pg_parameters.work_mem=64MB").unwrap();
+        set_field(&mut spec, "pg_parameters.max_connections=200").unwrap();
+        set_field(&mut spec, "primary_lease_ttl=5s").unwrap();
+        assert_eq!(spec.max_lag_bytes, 1024);
+        assert!(spec.paused);
+        assert_eq!(spec.pg_parameters["work_mem"], "64MB");
+        assert_eq!(spec.pg_parameters["max_connections"], "200");
+        assert_eq!(spec.primary_lease_ttl.as_millis(), 5000);
+    }
+
+    #[test]
+    fn set_field_rejects_unknown_and_invalid_values() {
+        let mut spec = Spec::default();
+        assert!(set_field(&mut spec, "no_such=1").unwrap_err().to_string().contains("no_such"));
+        assert!(set_field(&mut spec, "pg_parameters.port=5433").is_err());
+        assert!(set_field(&mut spec, "nonsense").is_err());
+        assert_eq!(spec, Spec::default());
+    }
+}

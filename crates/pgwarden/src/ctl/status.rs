@@ -1,0 +1,212 @@
+//! `ctl status`: the cluster as a table for people and as the JSON object of
+//! the CLI contract for scripts. Both are pure functions of a snapshot.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use pgwarden_core::{Assignment, KeeperReport, Lsn, ObservedRole, Status};
+use serde::Serialize;
+
+use crate::view::Snapshot;
+
+/// `ctl status --output json`: the contract's fields, plus extras that never
+/// rename or remove them.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub cluster: String,
+    pub generation: u64,
+    pub primary: Option<String>,
+    pub paused: bool,
+    pub members: Vec<MemberJson>,
+    pub proxies: Vec<ProxyJson>,
+    pub system_id: Option<String>,
+    pub timeline: u32,
+    pub history: Vec<pgwarden_core::status::HistoryEntry>,
+}
+
+/// One keeper in `ctl status --output json`.
+#[derive(Debug, Serialize)]
+pub struct MemberJson {
+    pub uid: String,
+    /// Assigned role: primary, standby, or none when unassigned.
+    pub role: String,
+    pub healthy: bool,
+    pub timeline: u32,
+    pub lsn: Option<String>,
+    pub lag_bytes: Option<u64>,
+    pub api_url: Option<String>,
+    /// What the keeper reports postgres is doing (absent when the keeper is gone).
+    pub state: Option<ObservedRole>,
+    pub pg_address: Option<String>,
+    pub applied_generation: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// One proxy in `ctl status --output json`.
+#[derive(Debug, Serialize)]
+pub struct ProxyJson {
+    pub id: String,
+    pub generation: u64,
+}
+
+fn assigned_role(status: &Status, uid: &str) -> &'static str {
+    match status.members.get(uid) {
+        Some(Assignment::Primary) => "primary",
+        Some(Assignment::Standby { .. }) => "standby",
+        None => "none",
+    }
+}
+
+/// The primary's current write position, the reference for lag.
+fn primary_lsn(snap: &Snapshot) -> Option<Lsn> {
+    let primary = snap.status.primary.as_deref()?;
+    snap.keepers.get(primary).filter(|r| r.role == ObservedRole::Primary).and_then(|r| r.current_lsn)
+}
+
+/// Builds the JSON object of the CLI contract.
+pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
+    let reference = primary_lsn(snap);
+    let uids: BTreeSet<&String> = snap.status.members.keys().chain(snap.keepers.keys()).collect();
+    let members = uids
+        .into_iter()
+        .map(|uid| {
+            let report: Option<&KeeperReport> = snap.keepers.get(uid);
+            let lsn = report.and_then(|r| r.lsn());
+            MemberJson {
+                uid: uid.clone(),
+                role: assigned_role(&snap.status, uid).to_string(),
+                healthy: report.is_some_and(|r| r.healthy),
+                timeline: report.map_or(0, |r| r.timeline),
+                lsn: lsn.map(|l| l.to_string()),
+                lag_bytes: match (lsn, reference) {
+                    (Some(l), Some(p)) => Some(l.lag_behind(p)),
+                    _ => None,
+                },
+                api_url: report.map(|r| r.api_url.clone()),
+                state: report.map(|r| r.role),
+                pg_address: report.map(|r| format!("{}:{}", r.pg_host, r.pg_port)),
+                applied_generation: report.map(|r| r.applied_generation),
+                error: report.and_then(|r| r.error.clone()),
+            }
+        })
+        .collect();
+    StatusJson {
+        cluster: cluster.to_string(),
+        generation: snap.status.generation,
+        primary: snap.status.primary.clone(),
+        paused: snap.spec.as_ref().is_some_and(|s| s.paused),
+        members,
+        proxies: snap.proxies.iter().map(|(id, g)| ProxyJson { id: id.clone(), generation: *g }).collect(),
+        system_id: snap.status.system_id.map(|s| s.to_string()),
+        timeline: snap.status.timeline,
+        history: snap.status.history.clone(),
+    }
+}
+
+/// Renders the table people read.
+pub fn table(cluster: &str, snap: &Snapshot) -> String {
+    let j = to_json(cluster, snap);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster {}  generation {}  primary {}{}",
+        j.cluster,
+        j.generation,
+        j.primary.as_deref().unwrap_or("(none)"),
+        if j.paused { "  PAUSED (no automatic failover)" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:<8} {:<12} {:<8} {:>3} {:<14} {:>10}  {:<21} NOTE",
+        "UID", "ROLE", "STATE", "HEALTHY", "TL", "LSN", "LAG", "ADDRESS"
+    );
+    for m in &j.members {
+        let state = match m.state {
+            Some(s) => serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            None => "gone".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {:<8} {:<12} {:<8} {:>3} {:<14} {:>10}  {:<21} {}",
+            m.uid,
+            m.role,
+            state,
+            if m.healthy { "yes" } else { "no" },
+            m.timeline,
+            m.lsn.as_deref().unwrap_or("-"),
+            m.lag_bytes.map_or("-".to_string(), |l| l.to_string()),
+            m.pg_address.as_deref().unwrap_or("-"),
+            m.error.as_deref().unwrap_or("")
+        );
+    }
+    if !j.proxies.is_empty() {
+        let _ = writeln!(out, "proxies: {}", j.proxies.iter().map(|p| format!("{}@{}", p.id, p.generation)).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(last) = snap.status.history.last() {
+        let _ = writeln!(out, "last decision: generation {}: {}", last.generation, last.reason);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn snapshot() -> Snapshot {
+        let mut status = Status { generation: 2, primary: Some("a".into()), system_id: Some(9), timeline: 1, ..Status::default() };
+        status.members.insert("a".into(), Assignment::Primary);
+        status.members.insert("b".into(), Assignment::Standby { follow: "a".into(), host: "h".into(), port: 1 });
+        let mut a = KeeperReport::new("a", "127.0.0.1", 5432, "http://127.0.0.1:8008");
+        a.role = ObservedRole::Primary;
+        a.healthy = true;
+        a.timeline = 1;
+        a.current_lsn = Some(Lsn(1000));
+        let mut b = KeeperReport::new("b", "127.0.0.1", 5433, "http://127.0.0.1:8009");
+        b.role = ObservedRole::Standby;
+        b.healthy = true;
+        b.timeline = 1;
+        b.replay_lsn = Some(Lsn(400));
+        Snapshot {
+            spec: Some(pgwarden_core::Spec::default()),
+            status,
+            status_revision: 5,
+            keepers: BTreeMap::from([("a".into(), a), ("b".into(), b)]),
+            primary_holder: Some("a".into()),
+            proxies: BTreeMap::from([("p1".into(), 2)]),
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_fields_and_lag_against_the_primary() {
+        let v = serde_json::to_value(to_json("main", &snapshot())).unwrap();
+        for field in ["cluster", "generation", "primary", "paused", "members", "proxies"] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(v["cluster"], "main");
+        assert_eq!(v["generation"], 2);
+        assert_eq!(v["primary"], "a");
+        assert_eq!(v["paused"], false);
+        let b = &v["members"][1];
+        for field in ["uid", "role", "healthy", "timeline", "lsn", "lag_bytes", "api_url"] {
+            assert!(b.get(field).is_some(), "member missing {field}");
+        }
+        assert_eq!(b["uid"], "b");
+        assert_eq!(b["role"], "standby");
+        assert_eq!(b["lsn"], "0/190");
+        assert_eq!(b["lag_bytes"], 600);
+        assert_eq!(v["members"][0]["lag_bytes"], 0);
+        assert_eq!(v["proxies"][0]["id"], "p1");
+        assert_eq!(v["proxies"][0]["generation"], 2);
+    }
+
+    #[test]
+    fn a_gone_keeper_still_shows_as_a_member() {
+        let mut snap = snapshot();
+        snap.keepers.remove("b");
+        let j = to_json("main", &snap);
+        let b = &j.members[1];
+        assert_eq!((b.uid.as_str(), b.healthy, b.lag_bytes, b.state), ("b", false, None, None));
+        assert!(table("main", &snap).contains("gone"));
+    }
+}

@@ -1,0 +1,532 @@
+//! The keeper's node: the postmaster it owns, what it observes of it, and the
+//! execution of [`PgAction`]s.
+//!
+//! The node keeps as little state as it can: the postmaster handle, a cached
+//! SQL connection, and the last generation it carried out. Everything else is
+//! observed afresh each tick.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgwarden_core::plan::{DataState, Target};
+use pgwarden_core::{keys, plan, Assignment, KeeperReport, ObservedRole, Observed, PgAction, Spec, Status};
+use pgwarden_pg::{ConnParams, DataDirState, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf};
+use pgwarden_store::{LeaseKeeper, LeaseState, Store};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::config::KeeperConfig;
+use super::TICK;
+use crate::view;
+
+/// How long a fast shutdown may take before it escalates.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for a started postgres to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Plan-execute rounds per tick before the tick gives way.
+const MAX_PLAN_ROUNDS: usize = 4;
+
+pub struct Node {
+    cfg: KeeperConfig,
+    store: Store,
+    bins: PgBins,
+    postmaster: Option<Postmaster>,
+    client: Option<PgClient>,
+    /// The replication role was ensured since postgres last started as primary.
+    role_ready: bool,
+    applied_generation: u64,
+    system_id: Option<u64>,
+    /// Last thing that went wrong, for the report and to log each error once.
+    last_error: Option<String>,
+    /// A long action is running (initdb, base backup, rewind).
+    initializing: bool,
+    primary_lease: Option<LeaseKeeper>,
+    warned_store: bool,
+}
+
+/// What one observation found, beyond what `plan` needs.
+struct Observation {
+    plan_input: Observed,
+    pg: Option<PgStatus>,
+}
+
+impl Node {
+    pub fn new(cfg: KeeperConfig, store: Store, bins: PgBins) -> Self {
+        Node {
+            cfg,
+            store,
+            bins,
+            postmaster: None,
+            client: None,
+            role_ready: false,
+            applied_generation: 0,
+            system_id: None,
+            last_error: None,
+            initializing: false,
+            primary_lease: None,
+            warned_store: false,
+        }
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let report_ttl = self.initial_spec().await.keeper_report_ttl.0;
+        let report_lease = LeaseKeeper::spawn(self.store.clone(), report_ttl, cancel.child_token());
+        let lease_state = report_lease.state();
+        let mut status_changes = self.store.watch_prefix(keys::STATUS, cancel.child_token());
+        tracing::info!(data_dir = %self.cfg.data_dir.display(), "keeper started");
+        let result = loop {
+            if let Err(e) = self.tick(&lease_state).await {
+                if e.downcast_ref::<pgwarden_core::PlanError>().is_some() {
+                    break Err(e);
+                }
+                self.note_error(format!("{e:#}"));
+            }
+            let exited = async {
+                match &self.postmaster {
+                    Some(pm) => pm.exited().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                _ = status_changes.recv() => {}
+                info = exited => tracing::warn!("postgres exited: {info}"),
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        };
+        self.shutdown().await;
+        report_lease.release().await;
+        result
+    }
+
+    async fn initial_spec(&mut self) -> Spec {
+        loop {
+            match view::load(&self.store).await {
+                Ok(snap) => return snap.spec.unwrap_or_default(),
+                Err(e) => {
+                    if !self.warned_store {
+                        tracing::warn!(error = %e, "cannot read the cluster from etcd; retrying");
+                        self.warned_store = true;
+                    }
+                    tokio::time::sleep(TICK).await;
+                }
+            }
+        }
+    }
+
+    fn note_error(&mut self, message: String) {
+        if self.last_error.as_deref() != Some(&message) {
+            tracing::warn!("{message}");
+        }
+        self.last_error = Some(message);
+    }
+
+    async fn tick(&mut self, lease: &watch::Receiver<LeaseState>) -> anyhow::Result<()> {
+        let snap = match view::load(&self.store).await {
+            Ok(s) => {
+                if self.warned_store {
+                    tracing::info!("etcd reachable again");
+                    self.warned_store = false;
+                }
+                s
+            }
+            Err(e) => {
+                if !self.warned_store {
+                    tracing::warn!(error = %e, "cannot read the cluster from etcd; postgres keeps its current role; retrying");
+                    self.warned_store = true;
+                }
+                return Ok(());
+            }
+        };
+        let Some(spec) = snap.spec else {
+            self.note_error(format!(
+                "cluster {} is not initialised: run `pgwarden ctl init`; waiting",
+                self.store.cluster()
+            ));
+            self.publish(lease, None).await;
+            return Ok(());
+        };
+        let status = snap.status;
+        if status.generation < self.applied_generation {
+            tracing::warn!(
+                generation = status.generation,
+                applied = self.applied_generation,
+                "ignoring a status older than the one already carried out"
+            );
+            return Ok(());
+        }
+        let assignment = status.members.get(&self.cfg.uid).cloned();
+        let target = Target {
+            assignment: assignment.as_ref(),
+            cluster_system_id: status.system_id,
+            wanted_slots: wanted_slots(&status, &self.cfg.uid),
+        };
+        // Converge within one tick when each step's outcome makes the next
+        // one possible (initdb, start, then the replication role), so the
+        // node is never published as a ready primary half-way through.
+        let mut obs = self.observe(&spec, &status, assignment.as_ref()).await?;
+        let mut failed = None;
+        for _ in 0..MAX_PLAN_ROUNDS {
+            let actions = plan(&target, &obs.plan_input)?;
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                let what = format!("{action:?}");
+                if let Err(e) = self.execute(&action, &spec, assignment.as_ref()).await {
+                    failed = Some(e.context(format!("postgres action {what}")));
+                    break;
+                }
+            }
+            obs = self.observe(&spec, &status, assignment.as_ref()).await?;
+            if failed.is_some() {
+                break;
+            }
+        }
+        let pg = obs.pg;
+        if failed.is_none() {
+            self.applied_generation = status.generation;
+            self.last_error = None;
+        }
+        self.manage_primary_key(&spec, assignment.as_ref(), pg.as_ref()).await;
+        self.publish(lease, pg.as_ref()).await;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Observes postgres for `plan`.
+    async fn observe(&mut self, spec: &Spec, status: &Status, assignment: Option<&Assignment>) -> anyhow::Result<Observation> {
+        if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
+            tracing::warn!("postgres is not running: {info}");
+            self.postmaster = None;
+            self.client = None;
+            self.role_ready = false;
+        }
+        let data = match pgwarden_pg::inspect_data_dir(&self.cfg.data_dir)? {
+            DataDirState::Missing => DataState::Missing,
+            DataDirState::Empty => DataState::Empty,
+            DataDirState::Foreign => DataState::Foreign,
+            DataDirState::Postgres { .. } => {
+                let sid = match self.system_id {
+                    Some(sid) => sid,
+                    None => pgwarden_pg::controldata(&self.bins, &self.cfg.data_dir).await?.system_identifier,
+                };
+                self.system_id = Some(sid);
+                DataState::Postgres { system_id: sid }
+            }
+        };
+        if matches!(data, DataState::Missing | DataState::Empty) {
+            self.system_id = None;
+        }
+        let running = self.postmaster.is_some();
+        let pg = if running { self.probe().await } else { None };
+        let in_recovery = pg.as_ref().map(|s| s.in_recovery);
+        let slots = match (&self.client, in_recovery) {
+            (Some(c), Some(false)) => c.replication_slots().await.ok().map(|v| v.into_iter().collect()),
+            _ => None,
+        };
+        let config_current = match data {
+            DataState::Postgres { .. } => self.config_matches(spec, status, assignment),
+            _ => false,
+        };
+        Ok(Observation {
+            plan_input: Observed {
+                data,
+                running,
+                in_recovery,
+                standby_signal: self.cfg.data_dir.join("standby.signal").exists(),
+                config_current,
+                slots,
+                replication_role_ready: self.role_ready,
+            },
+            pg,
+        })
+    }
+
+    /// Queries postgres over a cached connection, reconnecting once.
+    async fn probe(&mut self) -> Option<PgStatus> {
+        if let Some(c) = &self.client {
+            if let Ok(s) = c.status().await {
+                return Some(s);
+            }
+            self.client = None;
+        }
+        let client = PgClient::connect(&self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port)).await.ok()?;
+        let status = client.status().await.ok()?;
+        self.client = Some(client);
+        Some(status)
+    }
+
+    fn conn_params(&self, host: &str, port: u16) -> ConnParams {
+        ConnParams {
+            host: host.to_string(),
+            port,
+            user: self.cfg.su_username.clone(),
+            password: self.cfg.su_password.clone(),
+            dbname: "postgres".into(),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn pg_conf(&self, spec: &Spec, assignment: Option<&Assignment>) -> PgConf {
+        let standby = match assignment {
+            Some(Assignment::Standby { host, port, .. }) => Some(StandbyConf {
+                primary_conninfo: pgwarden_pg::primary_conninfo(
+                    host,
+                    *port,
+                    &self.cfg.repl_username,
+                    &self.cfg.repl_password,
+                    &self.cfg.uid,
+                ),
+                primary_slot_name: pgwarden_pg::slot_name(&self.cfg.uid),
+            }),
+            _ => None,
+        };
+        PgConf {
+            listen_addresses: self.cfg.pg_listen_address.clone(),
+            port: self.cfg.pg_port,
+            application_name: self.cfg.uid.clone(),
+            socket_dir: "/tmp".into(),
+            max_wal_senders: 10,
+            max_replication_slots: 10,
+            wal_keep_size_mb: 128,
+            parameters: spec.pg_parameters.clone(),
+            standby,
+        }
+    }
+
+    fn hba(&self, spec: &Spec) -> String {
+        pgwarden_pg::render_pg_hba(&spec.pg_hba, &self.cfg.su_username, &self.cfg.repl_username)
+    }
+
+    fn config_matches(&self, spec: &Spec, _status: &Status, assignment: Option<&Assignment>) -> bool {
+        let read = |name: &str| std::fs::read_to_string(self.cfg.data_dir.join(name)).ok();
+        let want_standby = matches!(assignment, Some(Assignment::Standby { .. }));
+        let standby_ok = !want_standby || self.cfg.data_dir.join("standby.signal").exists();
+        read("postgresql.conf").as_deref() == Some(pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment)).as_str())
+            && read("pg_hba.conf").as_deref() == Some(self.hba(spec).as_str())
+            && standby_ok
+    }
+
+    async fn execute(&mut self, action: &PgAction, spec: &Spec, assignment: Option<&Assignment>) -> anyhow::Result<()> {
+        let dir = self.cfg.data_dir.clone();
+        match action {
+            PgAction::InitDb => {
+                tracing::info!("postgres: initdb (new cluster, data checksums on)");
+                self.initializing = true;
+                let r = pgwarden_pg::initdb(&self.bins, &dir, &self.cfg.su_username, &self.cfg.su_password_file).await;
+                self.initializing = false;
+                r.context("initdb")?;
+            }
+            PgAction::BaseBackup { host, port } => {
+                tracing::info!("postgres: cloning from {host}:{port} with pg_basebackup");
+                self.initializing = true;
+                let r = pgwarden_pg::basebackup(&self.bins, &dir, host, *port, &self.cfg.repl_username, &self.cfg.repl_password).await;
+                self.initializing = false;
+                r.context("pg_basebackup")?;
+            }
+            PgAction::Rewind { host, port } => self.rewind(spec, host, *port).await?,
+            PgAction::WriteConfig => {
+                let standby = matches!(assignment, Some(Assignment::Standby { .. }));
+                let conf = pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment));
+                pgwarden_pg::write_file_atomic(&dir.join("postgresql.conf"), &conf, 0o600)?;
+                pgwarden_pg::write_file_atomic(&dir.join("pg_hba.conf"), &self.hba(spec), 0o600)?;
+                if standby {
+                    pgwarden_pg::set_standby_signal(&dir, true)?;
+                }
+                tracing::info!(standby, "postgres: configuration written");
+            }
+            PgAction::Start => {
+                tracing::info!("postgres: starting");
+                let pm = Postmaster::spawn(&self.bins, &dir, None)?;
+                self.postmaster = Some(pm);
+                self.role_ready = false;
+                self.wait_until_ready().await?;
+            }
+            PgAction::Stop => {
+                tracing::info!("postgres: stopping (fast)");
+                if let Some(pm) = self.postmaster.take() {
+                    pm.stop(STOP_TIMEOUT).await?;
+                }
+                self.client = None;
+            }
+            PgAction::Reload => {
+                tracing::info!("postgres: reloading configuration");
+                if let Some(pm) = &self.postmaster {
+                    pm.reload()?;
+                }
+            }
+            PgAction::Promote => {
+                tracing::info!("postgres: promoting to primary");
+                self.client().await?.promote().await?;
+            }
+            PgAction::EnsureReplicationRole => {
+                let (user, password) = (self.cfg.repl_username.clone(), self.cfg.repl_password.clone());
+                self.client().await?.ensure_replication_role(&user, &password).await?;
+                tracing::info!(role = self.cfg.repl_username.as_str(), "postgres: replication role ready");
+                self.role_ready = true;
+            }
+            PgAction::CreateSlot(name) => {
+                self.client().await?.create_physical_slot(name).await?;
+                tracing::info!(slot = name.as_str(), "postgres: replication slot created");
+            }
+            PgAction::DropSlot(name) => {
+                self.client().await?.drop_slot(name).await?;
+                tracing::info!(slot = name.as_str(), "postgres: replication slot dropped");
+            }
+        }
+        Ok(())
+    }
+
+    async fn client(&mut self) -> anyhow::Result<&PgClient> {
+        if self.client.is_none() {
+            let c = PgClient::connect(&self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port)).await?;
+            self.client = Some(c);
+        }
+        self.client.as_ref().context("connect to postgres")
+    }
+
+    async fn wait_until_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
+                self.postmaster = None;
+                anyhow::bail!("postgres exited during start-up: {info}; see the postgres lines above");
+            }
+            if self.probe().await.is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("postgres did not accept connections within {}s", START_TIMEOUT.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Rewinds onto the primary's timeline; when that fails and the spec
+    /// allows, re-clones (the data is this cluster's: plan checked the system
+    /// identifier).
+    async fn rewind(&mut self, spec: &Spec, host: &str, port: u16) -> anyhow::Result<()> {
+        let source = format!(
+            "host={} port={} user={} dbname=postgres connect_timeout=5",
+            host, port, self.cfg.su_username
+        );
+        tracing::info!("postgres: rewinding onto {host}:{port} with pg_rewind");
+        self.initializing = true;
+        let result = pgwarden_pg::rewind(&self.bins, &self.cfg.data_dir, &source, &self.cfg.su_password).await;
+        self.initializing = false;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if spec.reclone_on_rewind_failure => {
+                tracing::warn!(error = %e, "pg_rewind failed: re-cloning from the primary (spec reclone_on_rewind_failure)");
+                clear_dir(&self.cfg.data_dir)?;
+                self.system_id = None;
+                self.initializing = true;
+                let r = pgwarden_pg::basebackup(&self.bins, &self.cfg.data_dir, host, port, &self.cfg.repl_username, &self.cfg.repl_password).await;
+                self.initializing = false;
+                r.context("pg_basebackup after a failed rewind")?;
+                Ok(())
+            }
+            Err(e) => Err(e).context("pg_rewind (re-cloning is off in the spec)"),
+        }
+    }
+
+    /// Holds the primary key while this node runs as the writable primary.
+    async fn manage_primary_key(&mut self, spec: &Spec, assignment: Option<&Assignment>, pg: Option<&PgStatus>) {
+        let serving = matches!(assignment, Some(Assignment::Primary)) && pg.is_some_and(|s| !s.in_recovery);
+        if !serving {
+            if let Some(lease) = self.primary_lease.take() {
+                lease.release().await;
+            }
+            return;
+        }
+        let lease = self
+            .primary_lease
+            .get_or_insert_with(|| LeaseKeeper::spawn(self.store.clone(), spec.primary_lease_ttl.0, CancellationToken::new()));
+        let Some(id) = lease.state().borrow().id else { return };
+        match self.store.create(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id)).await {
+            Ok(Some(_)) => tracing::info!("holding the primary lease"),
+            Ok(None) => {
+                if let Ok(Some(v)) = self.store.get(keys::PRIMARY).await {
+                    if v.value != self.cfg.uid.as_bytes() {
+                        tracing::warn!(holder = %String::from_utf8_lossy(&v.value), "primary lease held by another keeper");
+                    } else if v.lease != id {
+                        // Ours from an earlier lease: move it to the current one.
+                        let _ = self.store.put(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id)).await;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot write the primary lease"),
+        }
+    }
+
+    async fn publish(&mut self, lease: &watch::Receiver<LeaseState>, pg: Option<&PgStatus>) {
+        let Some(id) = lease.borrow().id else { return };
+        let report = self.report(pg);
+        if let Err(e) = self.store.put(&keys::keeper(&self.cfg.uid), report.to_json(), Some(id)).await {
+            tracing::debug!(error = %e, "cannot publish the report");
+        }
+    }
+
+    fn report(&self, pg: Option<&PgStatus>) -> KeeperReport {
+        let api_url = format!("http://{}:{}", self.cfg.pg_advertise_address, self.cfg.api_listen.port());
+        let mut r = KeeperReport::new(&self.cfg.uid, &self.cfg.pg_advertise_address, self.cfg.pg_port, &api_url);
+        r.applied_generation = self.applied_generation;
+        r.nofailover = self.cfg.nofailover;
+        r.system_id = self.system_id;
+        r.error = self.last_error.clone();
+        r.role = if self.initializing { ObservedRole::Initializing } else { ObservedRole::Stopped };
+        if let Some(s) = pg {
+            r.healthy = true;
+            r.role = if s.in_recovery { ObservedRole::Standby } else { ObservedRole::Primary };
+            r.timeline = s.timeline;
+            r.current_lsn = s.current_lsn;
+            r.receive_lsn = s.receive_lsn;
+            r.replay_lsn = s.replay_lsn;
+            r.streaming = s.streaming;
+            r.pg_version = Some(s.server_version_num);
+            r.system_id = Some(s.system_identifier);
+        }
+        r
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(pm) = self.postmaster.take() {
+            tracing::info!("postgres: stopping (keeper shutting down)");
+            if let Err(e) = pm.stop(STOP_TIMEOUT).await {
+                tracing::warn!(error = %e, "postgres did not stop cleanly");
+            }
+        }
+        if let Some(lease) = self.primary_lease.take() {
+            lease.release().await;
+        }
+    }
+}
+
+/// One slot per member that streams from this node.
+fn wanted_slots(status: &Status, uid: &str) -> BTreeSet<String> {
+    status
+        .members
+        .iter()
+        .filter(|(_, a)| matches!(a, Assignment::Standby { follow, .. } if follow == uid))
+        .map(|(u, _)| pgwarden_pg::slot_name(u))
+        .collect()
+}
+
+/// Empties a data directory (keeping the directory, its owner and mode).
+fn clear_dir(dir: &PathBuf) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("remove {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The sentinel: one of possibly several, elected leader through an etcd
+//! lease; the leader runs [`pgwarden_core::decide`] on every change and writes
+//! the result.
+//!
+//! Leadership is an optimisation, not the safety mechanism: every write of
+//! `status` is a transaction that compares the status revision the decision
+//! was based on *and* the create revision of this sentinel's election key. A
+//! deposed sentinel (its key expired and someone else created one) therefore
+//! cannot write, however late its write arrives.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
+use pgwarden_core::{decide, keys, ClusterView, Spec};
+use pgwarden_store::{CasOutcome, Guard, LeaseKeeper, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{view, StoreArgs};
+
+/// How often the leader re-decides without a store event.
+const TICK: Duration = Duration::from_millis(1000);
+
+/// `pgwarden sentinel` flags.
+#[derive(Debug, Args)]
+pub struct SentinelArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Name of this sentinel (default: host name and pid).
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+/// Runs a sentinel until `cancel`.
+pub async fn run(args: SentinelArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let store = crate::ctl::open_store(&args.store)?;
+    let id = args.id.unwrap_or_else(default_id);
+    let span = tracing::info_span!("sentinel", cluster = store.cluster(), id = id.as_str());
+    run_sentinel(store, id, cancel).instrument(span).await;
+    Ok(())
+}
+
+fn default_id() -> String {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "sentinel".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The sentinel loop: campaign, lead while the election key holds, repeat.
+pub async fn run_sentinel(store: Store, id: String, cancel: CancellationToken) {
+    let ttl = spec_or_default(&store).await.sentinel_lease_ttl.0;
+    let lease = LeaseKeeper::spawn(store.clone(), ttl, cancel.child_token());
+    let mut lease_state = lease.state();
+    let mut changes = store.watch_prefix("", cancel.child_token());
+    let mut warned_unreachable = false;
+    while !cancel.is_cancelled() {
+        let Some(lease_id) = lease_state.borrow().id else {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = lease_state.changed() => continue,
+            }
+        };
+        match store.create(keys::SENTINEL_LEADER, id.clone().into_bytes(), Some(lease_id)).await {
+            Ok(Some(revision)) => {
+                warned_unreachable = false;
+                tracing::info!(revision, "elected leader");
+                lead(&store, revision, lease_id, &mut lease_state, &mut changes, &cancel).await;
+                if !cancel.is_cancelled() {
+                    tracing::warn!("lost leadership");
+                }
+            }
+            Ok(None) => {
+                warned_unreachable = false;
+                // Someone else leads; wait for the key to change hands.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = changes.recv() => {}
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+            Err(e) => {
+                if !warned_unreachable {
+                    tracing::warn!(error = %e, "cannot campaign for leadership; retrying");
+                    warned_unreachable = true;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+        }
+    }
+    lease.release().await;
+}
+
+async fn spec_or_default(store: &Store) -> Spec {
+    match view::load(store).await {
+        Ok(snap) => snap.spec.unwrap_or_default(),
+        Err(_) => Spec::default(),
+    }
+}
+
+/// Decides while this sentinel's election key (created at `election_revision`
+/// under `lease_id`) is still the current one.
+async fn lead(
+    store: &Store,
+    election_revision: i64,
+    lease_id: i64,
+    lease_state: &mut tokio::sync::watch::Receiver<pgwarden_store::LeaseState>,
+    changes: &mut tokio::sync::mpsc::Receiver<i64>,
+    cancel: &CancellationToken,
+) {
+    let guard = [Guard::CreateRevision { key: keys::SENTINEL_LEADER.to_string(), revision: election_revision }];
+    loop {
+        if lease_state.borrow().id != Some(lease_id) {
+            return;
+        }
+        match round(store, &guard).await {
+            Ok(RoundOutcome::Deposed) => return,
+            Ok(RoundOutcome::Done) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "decision round failed; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = lease_state.changed() => {}
+            _ = changes.recv() => {
+                // Coalesce a burst of events into one round.
+                while changes.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+enum RoundOutcome {
+    Done,
+    Deposed,
+}
+
+async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
+    let snap = view::load(store).await.context("read the cluster")?;
+    let Some(spec) = snap.spec else {
+        tracing::debug!("cluster not initialised yet: run `pgwarden ctl init`");
+        return Ok(RoundOutcome::Done);
+    };
+    let view = ClusterView {
+        now_ms: now_ms(),
+        spec,
+        status: snap.status.clone(),
+        keepers: snap.keepers,
+        primary_lease_holder: snap.primary_holder,
+    };
+    let decision = decide(&view);
+    if !decision.changed(&snap.status) {
+        return Ok(RoundOutcome::Done);
+    }
+    match store
+        .cas(keys::STATUS, decision.next.to_json(), snap.status_revision, guard, None)
+        .await
+        .context("write the cluster status")?
+    {
+        CasOutcome::Written { .. } => {
+            if decision.next.generation != snap.status.generation {
+                tracing::info!(
+                    generation = decision.next.generation,
+                    primary = decision.next.primary.as_deref().unwrap_or("-"),
+                    "decision: {}",
+                    decision.reason
+                );
+            } else {
+                tracing::debug!("status updated: {}", decision.reason);
+            }
+            Ok(RoundOutcome::Done)
+        }
+        CasOutcome::Conflict => {
+            // Either the status moved (re-read next round) or our election key
+            // is no longer the current one: find out which.
+            let still_leader = store
+                .get(keys::SENTINEL_LEADER)
+                .await
+                .context("read the election key")?
+                .is_some_and(|v| guard.iter().all(|g| matches!(g, Guard::CreateRevision { revision, .. } if *revision == v.create_revision)));
+            Ok(if still_leader { RoundOutcome::Done } else { RoundOutcome::Deposed })
+        }
+    }
+}
+
+/// Wall-clock milliseconds; only used as the `now` input of decide.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}

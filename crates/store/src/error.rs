@@ -1,0 +1,121 @@
+//! Errors of the store layer.
+//!
+//! The split that matters to callers is "etcd could not be reached" (every
+//! endpoint failed at the transport level or did not answer in time: retry on
+//! the next tick, and tell the user which endpoints were tried) versus "etcd
+//! answered and refused" (a server-side error: retrying the same request will
+//! not help). [`StoreError::is_unreachable`] draws that line.
+
+use std::time::Duration;
+
+use crate::LeaseId;
+
+/// An error from a [`crate::Store`] operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Every endpoint failed at the transport level (connection refused, reset,
+    /// no leader, ...). `source` is the last endpoint's error.
+    #[error("cannot reach etcd at {endpoints}")]
+    Unreachable {
+        /// The endpoints tried, comma-joined.
+        endpoints: String,
+        /// The error of the last endpoint tried.
+        #[source]
+        source: etcd_client::Error,
+    },
+
+    /// No endpoint answered within the request timeout (e.g. hosts that drop
+    /// packets). Treated like [`StoreError::Unreachable`] by `is_unreachable`.
+    #[error("cannot reach etcd at {endpoints}: no answer within {timeout:?}")]
+    Timeout {
+        /// The endpoints tried, comma-joined.
+        endpoints: String,
+        /// The per-endpoint request timeout that expired.
+        timeout: Duration,
+    },
+
+    /// An endpoint string given to [`crate::Store::new`] is malformed.
+    #[error("invalid etcd endpoint {value:?}: expected http://host:port or host:port")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        value: String,
+    },
+
+    /// A write named a lease that no longer exists on the server (it expired
+    /// or was revoked). The caller should grant a new lease and write again.
+    #[error("etcd lease {lease:x} not found (expired or revoked)")]
+    LeaseNotFound {
+        /// The lease the write named.
+        lease: LeaseId,
+    },
+
+    /// etcd answered with an error for this operation; retrying it unchanged
+    /// on another endpoint would not help.
+    #[error("etcd refused {op}")]
+    Etcd {
+        /// The operation, e.g. `"compare-and-swap"`.
+        op: &'static str,
+        /// The error returned by the server or the client library.
+        #[source]
+        source: etcd_client::Error,
+    },
+
+    /// etcd answered without a field the protocol promises (e.g. a response
+    /// header).
+    #[error("malformed etcd answer to {op}: {detail}")]
+    MalformedResponse {
+        /// The operation.
+        op: &'static str,
+        /// What was missing or wrong.
+        detail: &'static str,
+    },
+}
+
+impl StoreError {
+    /// True when no etcd endpoint could be reached (transport failure or
+    /// timeout on every endpoint), as opposed to etcd answering with an error.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable { .. } | StoreError::Timeout { .. }
+        )
+    }
+}
+
+/// gRPC status codes (stable wire numbers) that mean "this endpoint could not
+/// serve the request", so another endpoint should be tried.
+const GRPC_CANCELLED: i32 = 1;
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
+const GRPC_NOT_FOUND: i32 = 5;
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// Whether `err` is a transport-level failure of one endpoint (try the next
+/// endpoint) rather than an answer from etcd.
+///
+/// `Unavailable` also covers etcd's own "no leader" and "request timed out"
+/// answers from a member cut off from its quorum: another member may serve.
+/// `Unknown` is what tonic reports for some broken HTTP/2 connections.
+pub(crate) fn is_transport(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            i32::from(status.code()),
+            GRPC_CANCELLED | GRPC_UNKNOWN | GRPC_DEADLINE_EXCEEDED | GRPC_UNAVAILABLE
+        ),
+        _ => false,
+    }
+}
+
+/// Whether etcd answered "requested lease not found".
+pub(crate) fn is_lease_not_found(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => {
+            i32::from(status.code()) == GRPC_NOT_FOUND
+                && status.message().contains("lease not found")
+        }
+        // etcd-client's keep-alive helper reports a TTL of 0 this way.
+        etcd_client::Error::LeaseKeepAliveError(msg) => msg.contains("lease not found"),
+        _ => false,
+    }
+}

@@ -1,0 +1,288 @@
+//! Starts a single-member etcd process on loopback, for the demo and for
+//! end-to-end tests.
+//!
+//! Tests share the machine with other etcd instances (one may well listen on
+//! 2379), so every port is chosen by the caller, typically with
+//! [`free_port`]. The process is owned: it is stopped when the
+//! [`EtcdServer`] is dropped, so a failing test does not leak etcd processes.
+//! Its output goes to `etcd.log` in the given directory, the first place to
+//! look when it does not come up.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+/// How long [`EtcdServer::start`] waits for etcd to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop waits after SIGTERM before sending SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An error starting etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdServerError {
+    /// No `etcd` binary on PATH.
+    #[error("etcd not found on PATH: install it with `apt-get install etcd-server`")]
+    NotInstalled,
+    /// Creating the directory or the log file failed.
+    #[error("cannot prepare {path}")]
+    Io {
+        /// The path being created or opened.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process could not be spawned.
+    #[error("cannot start {binary}")]
+    Spawn {
+        /// The etcd binary.
+        binary: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process exited while starting.
+    #[error("etcd exited while starting ({status}); see {log}")]
+    Exited {
+        /// Its exit status.
+        status: String,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// The process did not answer within the start timeout.
+    #[error("etcd at {endpoint} did not answer within {timeout:?}; see {log}")]
+    NotReady {
+        /// The client endpoint.
+        endpoint: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// Its log file.
+        log: PathBuf,
+    },
+}
+
+/// A running (or stopped) etcd process; SIGTERMed and reaped on drop.
+#[derive(Debug)]
+pub struct EtcdServer {
+    binary: PathBuf,
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    /// Pid of the last process started, kept after it exits.
+    pid: u32,
+}
+
+impl EtcdServer {
+    /// Starts `etcd` from PATH with its data and log in `dir`, clients on
+    /// `127.0.0.1:client_port`, peers on `127.0.0.1:peer_port`, and waits (up
+    /// to 10 s) until it answers a request.
+    pub async fn start(
+        dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+    ) -> Result<EtcdServer, EtcdServerError> {
+        let binary = find_on_path("etcd").ok_or(EtcdServerError::NotInstalled)?;
+        Self::start_with(&binary, dir, client_port, peer_port).await
+    }
+
+    /// Like [`EtcdServer::start`] with an explicit etcd binary.
+    pub async fn start_with(
+        binary: &Path,
+        dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+    ) -> Result<EtcdServer, EtcdServerError> {
+        std::fs::create_dir_all(dir).map_err(|source| EtcdServerError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut server = EtcdServer {
+            binary: binary.to_owned(),
+            dir: dir.to_owned(),
+            client_port,
+            peer_port,
+            child: None,
+            pid: 0,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// The client endpoint, `http://127.0.0.1:<client_port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The pid of the process (the last one started, if stopped).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The log file etcd writes to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 5 s). Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => return,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            warn!(pid = child.id(), "etcd ignored SIGTERM; killing it");
+            signal(&child, Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL, then wait. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same directory and ports (stopping it first
+    /// if it is still running).
+    pub async fn restart(&mut self) -> Result<(), EtcdServerError> {
+        self.stop();
+        self.launch().await
+    }
+
+    async fn launch(&mut self) -> Result<(), EtcdServerError> {
+        let log_path = self.log_path();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| EtcdServerError::Io {
+                path: log_path.clone(),
+                source,
+            })?;
+        let log_err = log.try_clone().map_err(|source| EtcdServerError::Io {
+            path: log_path.clone(),
+            source,
+        })?;
+        let client_url = self.endpoint();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--name=pgwarden")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=pgwarden={peer_url}"))
+            // Elect itself quickly: this is a single member on loopback.
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .map_err(|source| EtcdServerError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        self.pid = child.id();
+        self.child = Some(child);
+        debug!(pid = self.pid, endpoint = %client_url, "etcd started");
+        if let Err(e) = self.wait_ready().await {
+            self.kill();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Polls until etcd serves a linearizable read (so it has a leader).
+    async fn wait_ready(&mut self) -> Result<(), EtcdServerError> {
+        let endpoint = self.endpoint();
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(200))
+            .with_timeout(Duration::from_millis(500));
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(EtcdServerError::Exited {
+                        status: status.to_string(),
+                        log: self.log_path(),
+                    });
+                }
+            }
+            let attempt = async {
+                let mut client =
+                    etcd_client::Client::connect([endpoint.as_str()], Some(options.clone())).await?;
+                client.get("/pgwarden-ready-check", None).await
+            };
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EtcdServerError::NotReady {
+                    endpoint,
+                    timeout: READY_TIMEOUT,
+                    log: self.log_path(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago (bind to port 0, read the
+/// port, release it).
+///
+/// # Panics
+/// If the loopback interface cannot bind at all.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a port on 127.0.0.1")
+}
+
+fn signal(child: &Child, sig: Signal) {
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return;
+    };
+    // ESRCH (already exited, not yet reaped) is fine: we wait next.
+    let _ = kill(Pid::from_raw(pid), sig);
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

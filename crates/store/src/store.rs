@@ -1,0 +1,425 @@
+//! [`Store`]: keys, compare-and-swap and leases under one cluster's prefix.
+//!
+//! Each method is one etcd request (or one transaction), run through the
+//! endpoint failover in `failover`. Keys are relative to
+//! `/pgwarden/<cluster>/` so callers never build absolute paths and two
+//! clusters sharing an etcd cannot see each other's keys.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, ResponseHeader, Txn,
+    TxnOp, TxnOpResponse, TxnResponse,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::error::{is_lease_not_found, StoreError};
+use crate::failover::Pool;
+use crate::{CasOutcome, Guard, LeaseId, StoreOptions, Versioned};
+
+/// A handle on one cluster's keys in etcd. Cheap to clone; clones share
+/// connections.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    cluster: String,
+    /// `/pgwarden/<cluster>/`
+    prefix: String,
+    pool: Pool,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("endpoints", &self.inner.endpoints)
+            .field("cluster", &self.inner.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Creates a store for `cluster` over `endpoints`.
+    ///
+    /// Never fails for unreachable endpoints (connections are made lazily, on
+    /// the first request); fails only for a malformed endpoint string or an
+    /// empty list ([`StoreError::InvalidEndpoint`]). Endpoints may be given as
+    /// `http://host:port` or `host:port`.
+    pub fn new(
+        endpoints: &[String],
+        cluster: &str,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let pool = Pool::new(endpoints, options)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                endpoints: endpoints.to_vec(),
+                cluster: cluster.to_owned(),
+                prefix: format!("/pgwarden/{cluster}/"),
+                pool,
+            }),
+        })
+    }
+
+    /// The endpoints as given to [`Store::new`].
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// The cluster name.
+    pub fn cluster(&self) -> &str {
+        &self.inner.cluster
+    }
+
+    /// The options this store was created with.
+    pub fn options(&self) -> &StoreOptions {
+        self.inner.pool.options()
+    }
+
+    /// The absolute etcd key for a key relative to the cluster prefix.
+    pub fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.inner.prefix)
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let full = self.full_key(key);
+        let mut resp = self
+            .pool()
+            .run("get", |mut c| {
+                let full = full.clone();
+                async move { c.get(full, None).await }
+            })
+            .await?;
+        Ok(resp.take_kvs().into_iter().next().map(versioned))
+    }
+
+    /// Every key under the relative prefix `key_prefix`, with relative keys,
+    /// sorted by key.
+    pub async fn get_prefix(
+        &self,
+        key_prefix: &str,
+    ) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let full = self.full_key(key_prefix);
+        let mut resp = self
+            .pool()
+            .run("get prefix", |mut c| {
+                let full = full.clone();
+                async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for kv in resp.take_kvs() {
+            let relative = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&self.inner.prefix))
+                .map(str::to_owned);
+            match relative {
+                Some(key) => out.push((key, versioned(kv))),
+                // Not written through this crate; reading on is more useful
+                // than failing every read of the cluster.
+                None => warn!(
+                    key = %String::from_utf8_lossy(kv.key()),
+                    "skipping etcd key that is not UTF-8"
+                ),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Writes `value` unconditionally; returns the store revision of the write.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64, StoreError> {
+        let full = self.full_key(key);
+        let resp = self
+            .pool()
+            .run("put", |mut c| {
+                let (full, value) = (full.clone(), value.clone());
+                async move { c.put(full, value, Some(put_options(lease))).await }
+            })
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        header_revision("put", resp.header())
+    }
+
+    /// Writes `value` only when `key` is absent: `Some(revision)` when written,
+    /// `None` when the key existed.
+    pub async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<i64>, StoreError> {
+        let full = self.full_key(key);
+        let txn = Txn::new()
+            .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(full, value, Some(put_options(lease)))]);
+        let resp = self.txn("create", txn).await.map_err(|e| lease_error(e, lease))?;
+        if resp.succeeded() {
+            Ok(Some(header_revision("create", resp.header())?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Writes `value` only if `key`'s mod_revision equals
+    /// `expected_mod_revision` (0 = the key must be absent) and every guard
+    /// holds, in one etcd transaction.
+    pub async fn cas(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_mod_revision: i64,
+        guards: &[Guard],
+        lease: Option<LeaseId>,
+    ) -> Result<CasOutcome, StoreError> {
+        let full = self.full_key(key);
+        // An absent key compares as mod_revision 0, so one comparison covers
+        // both "unchanged since I read it" and "still absent".
+        let mut compares = vec![Compare::mod_revision(
+            full.clone(),
+            CompareOp::Equal,
+            expected_mod_revision,
+        )];
+        for guard in guards {
+            match guard {
+                Guard::CreateRevision { key, revision } => compares.push(
+                    Compare::create_revision(self.full_key(key), CompareOp::Equal, *revision),
+                ),
+            }
+        }
+        let txn = Txn::new()
+            .when(compares)
+            .and_then([TxnOp::put(full, value, Some(put_options(lease)))]);
+        let resp = self
+            .txn("compare-and-swap", txn)
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        if resp.succeeded() {
+            Ok(CasOutcome::Written {
+                revision: header_revision("compare-and-swap", resp.header())?,
+            })
+        } else {
+            Ok(CasOutcome::Conflict)
+        }
+    }
+
+    /// Deletes `key` (no error when it is absent).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let full = self.full_key(key);
+        self.pool()
+            .run("delete", |mut c| {
+                let full = full.clone();
+                async move { c.delete(full, None::<DeleteOptions>).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes `key` only if its mod_revision equals `expected_mod_revision`;
+    /// true when a key was deleted.
+    pub async fn delete_if(
+        &self,
+        key: &str,
+        expected_mod_revision: i64,
+    ) -> Result<bool, StoreError> {
+        let full = self.full_key(key);
+        let cmp = Compare::mod_revision(full.clone(), CompareOp::Equal, expected_mod_revision);
+        self.delete_when("conditional delete", full, cmp).await
+    }
+
+    /// Deletes `key` only if it is attached to `lease`; true when deleted. A
+    /// keeper releasing the primary key it holds uses this so that it never
+    /// deletes a key another keeper has since taken.
+    pub async fn delete_if_lease(&self, key: &str, lease: LeaseId) -> Result<bool, StoreError> {
+        let full = self.full_key(key);
+        let cmp = Compare::lease(full.clone(), CompareOp::Equal, lease);
+        self.delete_when("conditional delete", full, cmp).await
+    }
+
+    async fn delete_when(
+        &self,
+        op: &'static str,
+        full: String,
+        cmp: Compare,
+    ) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::delete(full, None)]);
+        let resp = self.txn(op, txn).await?;
+        let deleted = resp.succeeded()
+            && resp.op_responses().iter().any(|r| match r {
+                TxnOpResponse::Delete(d) => d.deleted() > 0,
+                _ => false,
+            });
+        Ok(deleted)
+    }
+
+    async fn txn(&self, op: &'static str, txn: Txn) -> Result<TxnResponse, StoreError> {
+        self.pool()
+            .run(op, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+    }
+
+    /// Grants a lease of `ttl` (rounded up to whole seconds, at least 1 s).
+    pub async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        Ok(self.grant_with_ttl(ttl).await?.0)
+    }
+
+    /// Grants a lease; returns its id and the TTL the server granted.
+    pub(crate) async fn grant_with_ttl(
+        &self,
+        ttl: Duration,
+    ) -> Result<(LeaseId, Duration), StoreError> {
+        let secs = ttl_seconds(ttl);
+        let resp = self
+            .pool()
+            .run("lease grant", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
+        if !resp.error().is_empty() {
+            return Err(StoreError::Etcd {
+                op: "lease grant",
+                source: etcd_client::Error::Internal(resp.error().to_owned()),
+            });
+        }
+        Ok((resp.id(), seconds(resp.ttl())))
+    }
+
+    /// Revokes `lease`, deleting the keys attached to it. A lease that no
+    /// longer exists counts as revoked.
+    pub async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let result = self
+            .pool()
+            .run("lease revoke", |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(StoreError::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renews `lease` once: `Some(ttl granted)`, or `None` when the lease no
+    /// longer exists on the server.
+    pub async fn keep_alive_once(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        let result = self
+            .pool()
+            .run("lease keep-alive", |mut c| async move {
+                // etcd-client's helper sends one keep-alive and checks the
+                // answer but keeps its TTL to itself; ask once more on the
+                // same stream to learn the TTL granted.
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map(|resp| resp.ttl()))
+            })
+            .await;
+        match result {
+            Ok(Some(ttl)) if ttl > 0 => Ok(Some(seconds(ttl))),
+            Ok(Some(_)) => Ok(None),
+            Ok(None) => Err(StoreError::MalformedResponse {
+                op: "lease keep-alive",
+                detail: "stream closed without an answer",
+            }),
+            Err(StoreError::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Notifies, with the store revision seen, whenever anything under the
+    /// relative prefix `key_prefix` changes. See the `watch` module for the
+    /// guarantees (resumption, compaction, coalescing).
+    pub fn watch_prefix(&self, key_prefix: &str, cancel: CancellationToken) -> mpsc::Receiver<i64> {
+        crate::watch::spawn(self.clone(), self.full_key(key_prefix), cancel)
+    }
+}
+
+fn versioned(kv: KeyValue) -> Versioned {
+    let (mod_revision, create_revision, lease) = (kv.mod_revision(), kv.create_revision(), kv.lease());
+    let (_, value) = kv.into_key_value();
+    Versioned {
+        value,
+        mod_revision,
+        create_revision,
+        lease,
+    }
+}
+
+fn put_options(lease: Option<LeaseId>) -> PutOptions {
+    match lease {
+        Some(id) => PutOptions::new().with_lease(id),
+        None => PutOptions::new(),
+    }
+}
+
+/// Turns etcd's "lease not found" into [`StoreError::LeaseNotFound`].
+fn lease_error(err: StoreError, lease: Option<LeaseId>) -> StoreError {
+    match (err, lease) {
+        (StoreError::Etcd { source, .. }, Some(lease)) if is_lease_not_found(&source) => {
+            StoreError::LeaseNotFound { lease }
+        }
+        (err, _) => err,
+    }
+}
+
+fn header_revision(op: &'static str, header: Option<&ResponseHeader>) -> Result<i64, StoreError> {
+    header
+        .map(ResponseHeader::revision)
+        .ok_or(StoreError::MalformedResponse {
+            op,
+            detail: "response without header",
+        })
+}
+
+/// etcd TTLs are whole seconds: round up, at least 1.
+fn ttl_seconds(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+fn seconds(secs: i64) -> Duration {
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(ttl_seconds(Duration::from_millis(0)), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_seconds(Duration::from_secs(10)), 10);
+    }
+
+    #[test]
+    fn keys_live_under_the_cluster_prefix() {
+        let store = Store::new(&["127.0.0.1:1".to_owned()], "main", StoreOptions::default()).unwrap();
+        assert_eq!(store.full_key("status"), "/pgwarden/main/status");
+        assert_eq!(store.cluster(), "main");
+        assert_eq!(store.endpoints(), ["127.0.0.1:1".to_owned()]);
+    }
+}
