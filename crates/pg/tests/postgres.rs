@@ -217,6 +217,11 @@ async fn primary_standby_failover_and_rewind() {
     let a = pg.spawn(&data_a, dir.join("a.log"));
     let primary = connect(port_a).await;
     assert_eq!(running_postmaster_pid(&data_a), Some(pg.running[a].pid()));
+    let log = std::fs::read_to_string(dir.join("a.log")).unwrap();
+    assert!(
+        log.contains("ready to accept connections"),
+        "postgres output is relayed to the log file: {log}"
+    );
 
     let st = status(&primary).await;
     assert!(!st.in_recovery);
