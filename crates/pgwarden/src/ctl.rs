@@ -86,17 +86,20 @@ pub enum Output {
 
 /// Builds the store client from the common flags.
 pub fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
-    let cluster = args
-        .cluster_name
-        .as_deref()
-        .ok_or_else(|| anyhow!("no cluster name: pass --cluster-name NAME or set PGWARDEN_CLUSTER_NAME"))?;
+    let cluster = args.cluster_name.as_deref().ok_or_else(|| {
+        anyhow!("no cluster name: pass --cluster-name NAME or set PGWARDEN_CLUSTER_NAME")
+    })?;
     if !keys::valid_uid(cluster) {
         bail!("invalid cluster name {cluster:?}: use letters, digits, '-' and '_' (at most 48)");
     }
     if args.store_endpoints.is_empty() {
         bail!("no etcd endpoints: pass --store-endpoints http://HOST:2379[,...] or set PGWARDEN_STORE_ENDPOINTS");
     }
-    Ok(Store::new(&args.store_endpoints, cluster, StoreOptions::default())?)
+    Ok(Store::new(
+        &args.store_endpoints,
+        cluster,
+        StoreOptions::default(),
+    )?)
 }
 
 /// Runs one ctl command.
@@ -108,17 +111,25 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let snap = load_initialised(&store).await?;
             let mut out = std::io::stdout().lock();
             match output {
-                Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&status::to_json(store.cluster(), &snap))?)?,
+                Output::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&status::to_json(store.cluster(), &snap))?
+                )?,
                 Output::Table => write!(out, "{}", status::table(store.cluster(), &snap))?,
             }
             Ok(())
         }
-        CtlCommand::Spec { command: SpecCommand::Show } => {
+        CtlCommand::Spec {
+            command: SpecCommand::Show,
+        } => {
             let snap = load_initialised(&store).await?;
             print!("{}", snap.spec.unwrap_or_default().to_toml());
             Ok(())
         }
-        CtlCommand::Spec { command: SpecCommand::Set { assignments } } => {
+        CtlCommand::Spec {
+            command: SpecCommand::Set { assignments },
+        } => {
             update_spec(&store, |spec| {
                 for a in &assignments {
                     set_field(spec, a)?;
@@ -135,7 +146,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 Ok(())
             })
             .await?;
-            println!("cluster {} paused: no automatic failover until `pgwarden ctl resume`", store.cluster());
+            println!(
+                "cluster {} paused: no automatic failover until `pgwarden ctl resume`",
+                store.cluster()
+            );
             Ok(())
         }
         CtlCommand::Resume => {
@@ -144,7 +158,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 Ok(())
             })
             .await?;
-            println!("cluster {} resumed: automatic failover is on", store.cluster());
+            println!(
+                "cluster {} resumed: automatic failover is on",
+                store.cluster()
+            );
             Ok(())
         }
     }
@@ -163,15 +180,24 @@ pub async fn load_initialised(store: &Store) -> anyhow::Result<Snapshot> {
     Ok(snap)
 }
 
-async fn init(store: &Store, spec_file: Option<PathBuf>, yes: bool, force: bool) -> anyhow::Result<()> {
+async fn init(
+    store: &Store,
+    spec_file: Option<PathBuf>,
+    yes: bool,
+    force: bool,
+) -> anyhow::Result<()> {
     let spec = match &spec_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("read spec file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read spec file {}", path.display()))?;
             Spec::from_toml(&text).with_context(|| format!("spec file {}", path.display()))?
         }
         None => Spec::default(),
     };
-    let existing = store.get(keys::SPEC).await.context("read the cluster spec")?;
+    let existing = store
+        .get(keys::SPEC)
+        .await
+        .context("read the cluster spec")?;
     match existing {
         None => {
             if store.create(keys::SPEC, spec.to_json(), None).await.context("write the cluster spec")?.is_none() {
@@ -215,7 +241,9 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
     eprint!("{question} [y/N] ");
     std::io::stderr().flush().ok();
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).context("read the answer")?;
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("read the answer")?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
@@ -224,19 +252,30 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
 }
 
 /// Read-modify-write of the spec with compare-and-swap, validated before the write.
-async fn update_spec(store: &Store, change: impl Fn(&mut Spec) -> anyhow::Result<()>) -> anyhow::Result<()> {
+async fn update_spec(
+    store: &Store,
+    change: impl Fn(&mut Spec) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     for _ in 0..5 {
-        let current = store.get(keys::SPEC).await.context("read the cluster spec")?.ok_or_else(|| {
-            anyhow!(
-                "cluster {:?} is not initialised in etcd at {}: run `pgwarden ctl init` first",
-                store.cluster(),
-                store.endpoints().join(",")
-            )
-        })?;
+        let current = store
+            .get(keys::SPEC)
+            .await
+            .context("read the cluster spec")?
+            .ok_or_else(|| {
+                anyhow!(
+                    "cluster {:?} is not initialised in etcd at {}: run `pgwarden ctl init` first",
+                    store.cluster(),
+                    store.endpoints().join(",")
+                )
+            })?;
         let mut spec = Spec::from_json(&current.value).context("the cluster spec in etcd")?;
         change(&mut spec)?;
         spec.validate()?;
-        match store.cas(keys::SPEC, spec.to_json(), current.mod_revision, &[], None).await.context("write the cluster spec")? {
+        match store
+            .cas(keys::SPEC, spec.to_json(), current.mod_revision, &[], None)
+            .await
+            .context("write the cluster spec")?
+        {
             CasOutcome::Written { .. } => return Ok(()),
             CasOutcome::Conflict => continue,
         }
@@ -247,16 +286,20 @@ async fn update_spec(store: &Store, change: impl Fn(&mut Spec) -> anyhow::Result
 /// Applies one `KEY=VALUE` to the spec, through its TOML form so every field
 /// and its type are handled by the same parser as `ctl init --spec`.
 fn set_field(spec: &mut Spec, assignment: &str) -> anyhow::Result<()> {
-    let (key, value) = assignment
-        .split_once('=')
-        .ok_or_else(|| anyhow!("{assignment:?} is not KEY=VALUE: write e.g. pg_parameters.work_mem=64MB"))?;
+    let (key, value) = assignment.split_once('=').ok_or_else(|| {
+        anyhow!("{assignment:?} is not KEY=VALUE: write e.g. pg_parameters.work_mem=64MB")
+    })?;
     let key = key.trim();
     let mut doc: toml::Table = toml::from_str(&spec.to_toml()).context("render the spec")?;
     let value = parse_value(value);
     match key.split_once('.') {
         Some((table, sub)) => {
-            let entry = doc.entry(table.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let toml::Value::Table(t) = entry else { bail!("spec field {table} has no sub-fields") };
+            let entry = doc
+                .entry(table.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(t) = entry else {
+                bail!("spec field {table} has no sub-fields")
+            };
             // Parameters are strings to postgres whatever they look like.
             let value = toml::Value::String(match value {
                 toml::Value::String(s) => s,
@@ -306,7 +349,10 @@ mod tests {
     #[test]
     fn set_field_rejects_unknown_and_invalid_values() {
         let mut spec = Spec::default();
-        assert!(set_field(&mut spec, "no_such=1").unwrap_err().to_string().contains("no_such"));
+        assert!(set_field(&mut spec, "no_such=1")
+            .unwrap_err()
+            .to_string()
+            .contains("no_such"));
         assert!(set_field(&mut spec, "pg_parameters.port=5433").is_err());
         assert!(set_field(&mut spec, "nonsense").is_err());
         assert_eq!(spec, Spec::default());

@@ -50,7 +50,10 @@ impl Children {
     fn stop_all(&mut self) {
         for (_, child) in &self.0 {
             if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -88,8 +91,15 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
     } else {
         None
     };
-    if args.dir.exists() && std::fs::read_dir(&args.dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("demo directory {} is not empty: remove it or pass another --dir", args.dir.display());
+    if args.dir.exists()
+        && std::fs::read_dir(&args.dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "demo directory {} is not empty: remove it or pass another --dir",
+            args.dir.display()
+        );
     }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
     std::fs::set_permissions(&args.dir, std::fs::Permissions::from_mode(0o755))?;
@@ -102,7 +112,11 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
     result
 }
 
-async fn run_in(args: &DemoArgs, run_as: Option<(u32, u32)>, cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn run_in(
+    args: &DemoArgs,
+    run_as: Option<(u32, u32)>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let dir = &args.dir;
     let (client_port, peer_port) = (free_port(), free_port());
     let etcd_dir = dir.join("etcd");
@@ -110,20 +124,31 @@ async fn run_in(args: &DemoArgs, run_as: Option<(u32, u32)>, cancel: &Cancellati
     let mut etcd = EtcdServer::start(&etcd_dir, client_port, peer_port).await?;
     let endpoint = etcd.endpoint();
     let cluster = "demo";
-    let store = Store::new(std::slice::from_ref(&endpoint), cluster, StoreOptions::default())?;
-    store.create(keys::SPEC, Spec::default().to_json(), None).await.context("initialise the demo cluster")?;
+    let store = Store::new(
+        std::slice::from_ref(&endpoint),
+        cluster,
+        StoreOptions::default(),
+    )?;
+    store
+        .create(keys::SPEC, Spec::default().to_json(), None)
+        .await
+        .context("initialise the demo cluster")?;
 
     let su_file = secret_file(dir, "su-password", DEMO_SU_PASSWORD, run_as)?;
     let repl_file = secret_file(dir, "repl-password", DEMO_REPL_PASSWORD, run_as)?;
-    let exe = std::env::current_exe().context("find the pgwarden binary")?;
+    let exe = runnable_exe(dir, run_as)?;
     let common = |cmd: &mut Command| {
-        cmd.env("PGWARDEN_CLUSTER_NAME", cluster).env("PGWARDEN_STORE_ENDPOINTS", &endpoint);
+        cmd.env("PGWARDEN_CLUSTER_NAME", cluster)
+            .env("PGWARDEN_STORE_ENDPOINTS", &endpoint);
     };
     let mut children = Children(Vec::new());
     let mut sentinel = Command::new(&exe);
     sentinel.arg("sentinel").arg("--id").arg("sentinel1");
     common(&mut sentinel);
-    children.0.push(("sentinel".into(), spawn_logged(sentinel, &dir.join("sentinel.log"), run_as)?));
+    children.0.push((
+        "sentinel".into(),
+        spawn_logged(sentinel, &dir.join("sentinel.log"), run_as)?,
+    ));
     let mut pg_ports = Vec::new();
     for uid in KEEPERS {
         let (pg_port, api_port) = (free_port(), free_port());
@@ -131,7 +156,12 @@ async fn run_in(args: &DemoArgs, run_as: Option<(u32, u32)>, cancel: &Cancellati
         let mut k = Command::new(&exe);
         k.arg("keeper")
             .args(["--uid", uid, "--pg-listen-address", "127.0.0.1"])
-            .args(["--pg-port", &pg_port.to_string(), "--api-listen", &format!("127.0.0.1:{api_port}")])
+            .args([
+                "--pg-port",
+                &pg_port.to_string(),
+                "--api-listen",
+                &format!("127.0.0.1:{api_port}"),
+            ])
             .arg("--data-dir")
             .arg(dir.join(uid).join("data"))
             .arg("--pg-su-password-file")
@@ -145,9 +175,16 @@ async fn run_in(args: &DemoArgs, run_as: Option<(u32, u32)>, cancel: &Cancellati
         if let Some((uid, gid)) = run_as {
             chown(&home, Some(uid), Some(gid))?;
         }
-        children.0.push((uid.to_string(), spawn_logged(k, &dir.join(format!("{uid}.log")), run_as)?));
+        children.0.push((
+            uid.to_string(),
+            spawn_logged(k, &dir.join(format!("{uid}.log")), run_as)?,
+        ));
     }
-    let ports = pg_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let ports = pg_ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let banner = format!(
         "pgwarden demo: cluster {cluster:?}, etcd at {endpoint}, logs in {}\n\
          connect to the primary (whichever node it is):\n  \
@@ -157,7 +194,9 @@ async fn run_in(args: &DemoArgs, run_as: Option<(u32, u32)>, cancel: &Cancellati
         dir.display()
     );
     println!("{banner}");
-    let stop_at = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let stop_at = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         let table = match view::load(&store).await {
@@ -171,7 +210,10 @@ async fn run_in(args: &DemoArgs, run_as: Option<(u32, u32)>, cancel: &Cancellati
         }
         for (name, child) in &mut children.0 {
             if let Ok(Some(status)) = child.try_wait() {
-                println!("{name} exited ({status}); see {}", dir.join(format!("{name}.log")).display());
+                println!(
+                    "{name} exited ({status}); see {}",
+                    dir.join(format!("{name}.log")).display()
+                );
             }
         }
         let sleep = tokio::time::sleep(Duration::from_secs(2));
@@ -190,10 +232,30 @@ async fn run_in(args: &DemoArgs, run_as: Option<(u32, u32)>, cancel: &Cancellati
     Ok(())
 }
 
+/// The path of this binary that the keepers' user can execute: when running
+/// as root from a checkout under /root, a copy inside the demo directory.
+fn runnable_exe(dir: &Path, run_as: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("find the pgwarden binary")?;
+    if run_as.is_none() {
+        return Ok(exe);
+    }
+    let copy = dir.join("pgwarden");
+    std::fs::copy(&exe, &copy)
+        .with_context(|| format!("copy {} to {}", exe.display(), copy.display()))?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    Ok(copy)
+}
+
 /// Writes a password file only its user can read.
-fn secret_file(dir: &Path, name: &str, secret: &str, run_as: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+fn secret_file(
+    dir: &Path,
+    name: &str,
+    secret: &str,
+    run_as: Option<(u32, u32)>,
+) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(&path, format!("{secret}\n"))
+        .with_context(|| format!("write {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     if let Some((uid, gid)) = run_as {
         chown(&path, Some(uid), Some(gid))?;
@@ -203,10 +265,13 @@ fn secret_file(dir: &Path, name: &str, secret: &str, run_as: Option<(u32, u32)>)
 
 fn spawn_logged(mut cmd: Command, log: &Path, run_as: Option<(u32, u32)>) -> anyhow::Result<Child> {
     let file = File::create(log).with_context(|| format!("create {}", log.display()))?;
-    cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
     if let Some((uid, gid)) = run_as {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(gid);
     }
-    cmd.spawn().with_context(|| format!("start {:?}", cmd.get_program()))
+    cmd.spawn()
+        .with_context(|| format!("start {:?}", cmd.get_program()))
 }

@@ -32,7 +32,12 @@ pub struct StoreArgs {
     #[arg(long, env = "PGWARDEN_CLUSTER_NAME", global = true)]
     pub cluster_name: Option<String>,
     /// Comma-separated etcd v3 endpoints.
-    #[arg(long, env = "PGWARDEN_STORE_ENDPOINTS", global = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PGWARDEN_STORE_ENDPOINTS",
+        global = true,
+        value_delimiter = ','
+    )]
     pub store_endpoints: Vec<String>,
 }
 
@@ -41,7 +46,7 @@ enum Command {
     /// The operator's command line: init, status, spec, pause/resume.
     Ctl(ctl::CtlArgs),
     /// Run and reconfigure the local postgres; one per node.
-    Keeper(keeper::config::KeeperArgs),
+    Keeper(Box<keeper::config::KeeperArgs>),
     /// Watch the keepers and decide who is primary; one or more, one leads.
     Sentinel(sentinel::SentinelArgs),
     /// A local 3-node cluster with etcd and a sentinel, on loopback.
@@ -51,7 +56,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.command);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: start the async runtime: {e}");
@@ -63,7 +71,7 @@ fn main() -> ExitCode {
         shutdown::cancel_on_signals(cancel.clone());
         match cli.command {
             Command::Ctl(args) => ctl::run(args).await,
-            Command::Keeper(args) => keeper::run(args, cancel).await,
+            Command::Keeper(args) => keeper::run(*args, cancel).await,
             Command::Sentinel(args) => sentinel::run(args, cancel).await,
             Command::Demo(args) => demo::run(args, cancel).await,
         }
@@ -86,7 +94,9 @@ fn init_logging(command: &Command) {
         _ => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();

@@ -42,7 +42,10 @@ pub async fn run(args: SentinelArgs, cancel: CancellationToken) -> anyhow::Resul
 }
 
 fn default_id() -> String {
-    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "sentinel".into());
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "sentinel".into());
     format!("{host}-{}", std::process::id())
 }
 
@@ -60,11 +63,26 @@ pub async fn run_sentinel(store: Store, id: String, cancel: CancellationToken) {
                 _ = lease_state.changed() => continue,
             }
         };
-        match store.create(keys::SENTINEL_LEADER, id.clone().into_bytes(), Some(lease_id)).await {
+        match store
+            .create(
+                keys::SENTINEL_LEADER,
+                id.clone().into_bytes(),
+                Some(lease_id),
+            )
+            .await
+        {
             Ok(Some(revision)) => {
                 warned_unreachable = false;
                 tracing::info!(revision, "elected leader");
-                lead(&store, revision, lease_id, &mut lease_state, &mut changes, &cancel).await;
+                lead(
+                    &store,
+                    revision,
+                    lease_id,
+                    &mut lease_state,
+                    &mut changes,
+                    &cancel,
+                )
+                .await;
                 if !cancel.is_cancelled() {
                     tracing::warn!("lost leadership");
                 }
@@ -110,7 +128,10 @@ async fn lead(
     changes: &mut tokio::sync::mpsc::Receiver<i64>,
     cancel: &CancellationToken,
 ) {
-    let guard = [Guard::CreateRevision { key: keys::SENTINEL_LEADER.to_string(), revision: election_revision }];
+    let guard = [Guard::CreateRevision {
+        key: keys::SENTINEL_LEADER.to_string(),
+        revision: election_revision,
+    }];
     loop {
         if lease_state.borrow().id != Some(lease_id) {
             return;
@@ -155,7 +176,13 @@ async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
         return Ok(RoundOutcome::Done);
     }
     match store
-        .cas(keys::STATUS, decision.next.to_json(), snap.status_revision, guard, None)
+        .cas(
+            keys::STATUS,
+            decision.next.to_json(),
+            snap.status_revision,
+            guard,
+            None,
+        )
         .await
         .context("write the cluster status")?
     {
@@ -180,12 +207,19 @@ async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
                 .await
                 .context("read the election key")?
                 .is_some_and(|v| guard.iter().all(|g| matches!(g, Guard::CreateRevision { revision, .. } if *revision == v.create_revision)));
-            Ok(if still_leader { RoundOutcome::Done } else { RoundOutcome::Deposed })
+            Ok(if still_leader {
+                RoundOutcome::Done
+            } else {
+                RoundOutcome::Deposed
+            })
         }
     }
 }
 
 /// Wall-clock milliseconds; only used as the `now` input of decide.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

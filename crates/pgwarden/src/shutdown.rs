@@ -7,8 +7,13 @@ use tokio_util::sync::CancellationToken;
 /// once, for the operator whose clean shutdown is stuck.
 pub fn cancel_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::warn!("cannot install signal handlers: SIGTERM will kill without a clean shutdown");
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!(
+                "cannot install signal handlers: SIGTERM will kill without a clean shutdown"
+            );
             return;
         };
         tokio::select! {

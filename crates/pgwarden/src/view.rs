@@ -64,11 +64,18 @@ pub async fn load(store: &Store) -> Result<Snapshot, ViewError> {
                 Ok(r) if r.uid == uid => {
                     snap.keepers.insert(uid.to_string(), r);
                 }
-                Ok(r) => tracing::warn!(key, uid = r.uid, "keeper report under another uid's key: ignored"),
+                Ok(r) => tracing::warn!(
+                    key,
+                    uid = r.uid,
+                    "keeper report under another uid's key: ignored"
+                ),
                 Err(e) => tracing::warn!(key, error = %e, "keeper report does not parse: ignored"),
             }
         } else if let Some(id) = key.strip_prefix(keys::PROXIES_PREFIX) {
-            if let Some(generation) = std::str::from_utf8(&v.value).ok().and_then(|t| t.trim().parse().ok()) {
+            if let Some(generation) = std::str::from_utf8(&v.value)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
                 snap.proxies.insert(id.to_string(), generation);
             }
         }

@@ -2,6 +2,8 @@
 //! streaming standbys, and keepers restarted with SIGTERM take their roles
 //! back without re-cloning.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -20,7 +22,10 @@ async fn wait_rows(port: u16, want: usize) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "port {port} did not show {want} rows in time");
+        assert!(
+            Instant::now() < deadline,
+            "port {port} did not show {want} rows in time"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -33,20 +38,42 @@ async fn three_keepers_give_one_primary_and_two_streaming_standbys() {
     let status = c.wait_converged(2, CONVERGE).await;
 
     // The contract's JSON fields.
-    for field in ["cluster", "generation", "primary", "paused", "members", "proxies"] {
-        assert!(status.get(field).is_some(), "ctl status json lacks {field}: {status}");
+    for field in [
+        "cluster",
+        "generation",
+        "primary",
+        "paused",
+        "members",
+        "proxies",
+    ] {
+        assert!(
+            status.get(field).is_some(),
+            "ctl status json lacks {field}: {status}"
+        );
     }
     assert_eq!(status["cluster"], "e2e");
     assert_eq!(status["paused"], false);
     assert!(status["generation"].as_u64().unwrap() >= 2);
     for m in status["members"].as_array().unwrap() {
-        for field in ["uid", "role", "healthy", "timeline", "lsn", "lag_bytes", "api_url"] {
+        for field in [
+            "uid",
+            "role",
+            "healthy",
+            "timeline",
+            "lsn",
+            "lag_bytes",
+            "api_url",
+        ] {
             assert!(m.get(field).is_some(), "member lacks {field}: {m}");
         }
         assert_eq!(m["timeline"], 1);
     }
     let primary = status["primary"].as_str().unwrap().to_string();
-    let standbys: Vec<String> = ["k1", "k2", "k3"].iter().filter(|u| **u != primary).map(|u| u.to_string()).collect();
+    let standbys: Vec<String> = ["k1", "k2", "k3"]
+        .iter()
+        .filter(|u| **u != primary)
+        .map(|u| u.to_string())
+        .collect();
     let pport = c.port_of(&primary);
 
     // Both standbys stream, each through its own slot.
@@ -61,12 +88,25 @@ async fn three_keepers_give_one_primary_and_two_streaming_standbys() {
         if streaming == standbys {
             break;
         }
-        assert!(Instant::now() < deadline, "pg_stat_replication shows {streaming:?}, want {standbys:?}");
+        assert!(
+            Instant::now() < deadline,
+            "pg_stat_replication shows {streaming:?}, want {standbys:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let slots =
-        query_strings(pport, "SELECT slot_name::text FROM pg_replication_slots WHERE active ORDER BY 1").await.unwrap();
-    assert_eq!(slots, standbys.iter().map(|s| format!("pgwarden_{s}")).collect::<Vec<_>>());
+    let slots = query_strings(
+        pport,
+        "SELECT slot_name::text FROM pg_replication_slots WHERE active ORDER BY 1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        slots,
+        standbys
+            .iter()
+            .map(|s| format!("pgwarden_{s}"))
+            .collect::<Vec<_>>()
+    );
 
     // Rows written on the primary are read on both standbys.
     let p = connect(pport).await.unwrap();
@@ -78,11 +118,25 @@ async fn three_keepers_give_one_primary_and_two_streaming_standbys() {
     }
     // Standbys refuse writes.
     for s in &standbys {
-        let err = connect(c.port_of(s)).await.unwrap().batch_execute("INSERT INTO e2e (v) VALUES ('no')").await.unwrap_err();
-        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION), "{err}");
+        let err = connect(c.port_of(s))
+            .await
+            .unwrap()
+            .batch_execute("INSERT INTO e2e (v) VALUES ('no')")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+            "{err}"
+        );
     }
     // Data checksums are on (pg_rewind will need them).
-    assert_eq!(query_strings(pport, "SELECT current_setting('data_checksums')").await.unwrap(), vec!["on"]);
+    assert_eq!(
+        query_strings(pport, "SELECT current_setting('data_checksums')")
+            .await
+            .unwrap(),
+        vec!["on"]
+    );
 
     // A second init is refused and changes nothing.
     let spec_before = c.ctl(&["spec", "show"]).stdout;
@@ -96,23 +150,41 @@ async fn three_keepers_give_one_primary_and_two_streaming_standbys() {
     let s = standbys[0].clone();
     let marker = c.keepers[&s].data_dir.join("pgwarden-e2e-marker");
     std::fs::write(&marker, "not re-cloned").unwrap();
-    assert!(c.stop(&s, Signal::SIGTERM).success(), "keeper should exit 0 on SIGTERM");
-    assert!(connect(c.port_of(&s)).await.is_err(), "the keeper's postgres stops with it");
-    p.batch_execute("INSERT INTO e2e (v) VALUES ('three')").await.unwrap();
+    assert!(
+        c.stop(&s, Signal::SIGTERM).success(),
+        "keeper should exit 0 on SIGTERM"
+    );
+    assert!(
+        connect(c.port_of(&s)).await.is_err(),
+        "the keeper's postgres stops with it"
+    );
+    p.batch_execute("INSERT INTO e2e (v) VALUES ('three')")
+        .await
+        .unwrap();
     c.start_keeper(&s);
     c.wait_converged(2, CONVERGE).await;
     wait_rows(c.port_of(&s), 3).await;
     assert!(marker.exists(), "standby data directory was replaced");
-    assert_eq!(c.log(&s).matches("cloning from").count(), 1, "the standby cloned again");
+    assert_eq!(
+        c.log(&s).matches("cloning from").count(),
+        1,
+        "the standby cloned again"
+    );
 
     // The primary's keeper too (no failover policy can act: it comes back as primary).
     c.stop(&primary, Signal::SIGTERM);
     c.start_keeper(&primary);
     let after = c.wait_converged(2, CONVERGE).await;
     assert_eq!(after["primary"], primary.as_str());
-    assert_eq!(c.log(&primary).matches("initdb").count(), 1, "the primary ran initdb again");
+    assert_eq!(
+        c.log(&primary).matches("initdb").count(),
+        1,
+        "the primary ran initdb again"
+    );
     let p = connect(pport).await.unwrap();
-    p.batch_execute("INSERT INTO e2e (v) VALUES ('four')").await.unwrap();
+    p.batch_execute("INSERT INTO e2e (v) VALUES ('four')")
+        .await
+        .unwrap();
     for s in &standbys {
         wait_rows(c.port_of(s), 4).await;
     }

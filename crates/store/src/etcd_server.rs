@@ -47,12 +47,26 @@ pub enum EtcdServerError {
         #[source]
         source: std::io::Error,
     },
+    /// Something already listens on a port etcd was asked to use.
+    #[error("port {port} on 127.0.0.1 is already in use")]
+    PortInUse {
+        /// The busy port.
+        port: u16,
+    },
     /// The process exited while starting.
     #[error("etcd exited while starting ({status}); see {log}")]
     Exited {
         /// Its exit status.
         status: String,
         /// Its log file.
+        log: PathBuf,
+    },
+    /// Another etcd answered on our client port.
+    #[error("another etcd answers at {endpoint}; see {log}")]
+    Foreign {
+        /// The client endpoint.
+        endpoint: String,
+        /// Our process's log file.
         log: PathBuf,
     },
     /// The process did not answer within the start timeout.
@@ -166,6 +180,13 @@ impl EtcdServer {
     }
 
     async fn launch(&mut self) -> Result<(), EtcdServerError> {
+        // Fail clearly rather than let etcd exit with a bind error, or worse,
+        // mistake another etcd on that port for ours.
+        for port in [self.client_port, self.peer_port] {
+            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                return Err(EtcdServerError::PortInUse { port });
+            }
+        }
         let log_path = self.log_path();
         let log = OpenOptions::new()
             .create(true)
@@ -212,9 +233,12 @@ impl EtcdServer {
         Ok(())
     }
 
-    /// Polls until etcd serves a linearizable read (so it has a leader).
+    /// Polls until etcd serves a linearizable read (so it has a leader) and
+    /// lists our peer URL among its members (so it is our process answering,
+    /// not another etcd that took the port meanwhile).
     async fn wait_ready(&mut self) -> Result<(), EtcdServerError> {
         let endpoint = self.endpoint();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(200))
@@ -231,11 +255,26 @@ impl EtcdServer {
             }
             let attempt = async {
                 let mut client =
-                    etcd_client::Client::connect([endpoint.as_str()], Some(options.clone())).await?;
-                client.get("/pgwarden-ready-check", None).await
+                    etcd_client::Client::connect([endpoint.as_str()], Some(options.clone()))
+                        .await?;
+                client.get("/pgwarden-ready-check", None).await?;
+                let members = client.member_list().await?;
+                Ok::<bool, etcd_client::Error>(
+                    members
+                        .members()
+                        .iter()
+                        .any(|m| m.peer_urls().contains(&peer_url)),
+                )
             };
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
-                return Ok(());
+            match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+                Ok(Ok(true)) => return Ok(()),
+                Ok(Ok(false)) => {
+                    return Err(EtcdServerError::Foreign {
+                        endpoint,
+                        log: self.log_path(),
+                    })
+                }
+                Ok(Err(_)) | Err(_) => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(EtcdServerError::NotReady {

@@ -206,7 +206,10 @@ mod tests {
             normalize_endpoint("http://etcd-1:2379/").unwrap(),
             "http://etcd-1:2379"
         );
-        assert_eq!(normalize_endpoint("[::1]:2379").unwrap(), "http://[::1]:2379");
+        assert_eq!(
+            normalize_endpoint("[::1]:2379").unwrap(),
+            "http://[::1]:2379"
+        );
     }
 
     #[test]

@@ -205,7 +205,10 @@ impl Renewer {
                     });
                 }
                 Ok(None) => {
-                    warn!(lease = id, "lease expired on the server; granting a new one");
+                    warn!(
+                        lease = id,
+                        "lease expired on the server; granting a new one"
+                    );
                     return;
                 }
                 Err(e) => {

@@ -171,7 +171,10 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(full.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(full, value, Some(put_options(lease)))]);
-        let resp = self.txn("create", txn).await.map_err(|e| lease_error(e, lease))?;
+        let resp = self
+            .txn("create", txn)
+            .await
+            .map_err(|e| lease_error(e, lease))?;
         if resp.succeeded() {
             Ok(Some(header_revision("create", resp.header())?))
         } else {
@@ -200,14 +203,17 @@ impl Store {
         )];
         for guard in guards {
             match guard {
-                Guard::CreateRevision { key, revision } => compares.push(
-                    Compare::create_revision(self.full_key(key), CompareOp::Equal, *revision),
-                ),
+                Guard::CreateRevision { key, revision } => compares.push(Compare::create_revision(
+                    self.full_key(key),
+                    CompareOp::Equal,
+                    *revision,
+                )),
             }
         }
-        let txn = Txn::new()
-            .when(compares)
-            .and_then([TxnOp::put(full, value, Some(put_options(lease)))]);
+        let txn =
+            Txn::new()
+                .when(compares)
+                .and_then([TxnOp::put(full, value, Some(put_options(lease)))]);
         let resp = self
             .txn("compare-and-swap", txn)
             .await
@@ -260,9 +266,7 @@ impl Store {
         full: String,
         cmp: Compare,
     ) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([cmp])
-            .and_then([TxnOp::delete(full, None)]);
+        let txn = Txn::new().when([cmp]).and_then([TxnOp::delete(full, None)]);
         let resp = self.txn(op, txn).await?;
         let deleted = resp.succeeded()
             && resp.op_responses().iter().any(|r| match r {
@@ -350,15 +354,24 @@ impl Store {
     }
 
     /// Notifies, with the store revision seen, whenever anything under the
-    /// relative prefix `key_prefix` changes. See the `watch` module for the
-    /// guarantees (resumption, compaction, coalescing).
+    /// relative prefix `key_prefix` changes, and once when the watch is first
+    /// established. Consumers should re-read what they need on each
+    /// notification; bursts may be coalesced into one.
+    ///
+    /// Runs in its own task (so must be called within a tokio runtime) until
+    /// `cancel` fires or the receiver is dropped. After an error or an
+    /// endpoint dying it reconnects, another endpoint if needed, and resumes
+    /// from the last revision seen + 1; if that revision was compacted it
+    /// notifies anyway. It never stops on its own: the channel closes only
+    /// after `cancel`.
     pub fn watch_prefix(&self, key_prefix: &str, cancel: CancellationToken) -> mpsc::Receiver<i64> {
         crate::watch::spawn(self.clone(), self.full_key(key_prefix), cancel)
     }
 }
 
 fn versioned(kv: KeyValue) -> Versioned {
-    let (mod_revision, create_revision, lease) = (kv.mod_revision(), kv.create_revision(), kv.lease());
+    let (mod_revision, create_revision, lease) =
+        (kv.mod_revision(), kv.create_revision(), kv.lease());
     let (_, value) = kv.into_key_value();
     Versioned {
         value,
@@ -409,6 +422,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn store_is_shareable_across_tasks() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Store>();
+    }
+
+    #[test]
     fn ttl_rounds_up_to_whole_seconds() {
         assert_eq!(ttl_seconds(Duration::from_millis(0)), 1);
         assert_eq!(ttl_seconds(Duration::from_millis(1500)), 2);
@@ -417,7 +436,8 @@ mod tests {
 
     #[test]
     fn keys_live_under_the_cluster_prefix() {
-        let store = Store::new(&["127.0.0.1:1".to_owned()], "main", StoreOptions::default()).unwrap();
+        let store =
+            Store::new(&["127.0.0.1:1".to_owned()], "main", StoreOptions::default()).unwrap();
         assert_eq!(store.full_key("status"), "/pgwarden/main/status");
         assert_eq!(store.cluster(), "main");
         assert_eq!(store.endpoints(), ["127.0.0.1:1".to_owned()]);

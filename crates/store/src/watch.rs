@@ -39,7 +39,11 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(3);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-pub(crate) fn spawn(store: Store, prefix: String, cancel: CancellationToken) -> mpsc::Receiver<i64> {
+pub(crate) fn spawn(
+    store: Store,
+    prefix: String,
+    cancel: CancellationToken,
+) -> mpsc::Receiver<i64> {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let watcher = Watcher {
         store,

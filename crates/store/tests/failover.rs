@@ -79,7 +79,10 @@ async fn only_dead_endpoints_is_unreachable() {
     assert!(matches!(err, StoreError::Unreachable { .. }), "{err:?}");
     let shown = err.to_string();
     assert!(shown.starts_with("cannot reach etcd at"), "{shown}");
-    assert_eq!(shown, format!("cannot reach etcd at {},{}", dead[0], dead[1]));
+    assert_eq!(
+        shown,
+        format!("cannot reach etcd at {},{}", dead[0], dead[1])
+    );
 
     let err = s.put("status", b"x".to_vec(), None).await.unwrap_err();
     assert!(err.is_unreachable(), "{err:?}");
@@ -97,8 +100,12 @@ fn new_never_connects_but_refuses_malformed_endpoints() {
     )
     .unwrap();
 
-    let err = Store::new(&["http://etcd:notaport".into()], "c", StoreOptions::default())
-        .unwrap_err();
+    let err = Store::new(
+        &["http://etcd:notaport".into()],
+        "c",
+        StoreOptions::default(),
+    )
+    .unwrap_err();
     match &err {
         StoreError::InvalidEndpoint { value } => assert_eq!(value, "http://etcd:notaport"),
         other => panic!("{other:?}"),
@@ -110,7 +117,12 @@ fn new_never_connects_but_refuses_malformed_endpoints() {
 #[tokio::test]
 async fn silent_endpoint_times_out_and_the_next_one_serves() {
     let etcd = start_etcd().await;
-    let target = etcd.server.endpoint().trim_start_matches("http://").parse().unwrap();
+    let target = etcd
+        .server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
     let proxy = Proxy::start(target).await;
     proxy.set(Mode::Blackhole);
 

@@ -21,7 +21,10 @@ async fn get_put_get_prefix_round_trip() {
 
     s.put("keepers/b", b"kb".to_vec(), None).await.unwrap();
     s.put("keepers/a", b"ka".to_vec(), None).await.unwrap();
-    other.put("keepers/z", b"other cluster".to_vec(), None).await.unwrap();
+    other
+        .put("keepers/z", b"other cluster".to_vec(), None)
+        .await
+        .unwrap();
 
     let keepers = s.get_prefix("keepers/").await.unwrap();
     let keys: Vec<&str> = keepers.iter().map(|(k, _)| k.as_str()).collect();
@@ -61,18 +64,24 @@ async fn cas_writes_on_the_right_revision_and_conflicts_on_a_stale_one() {
         panic!("first cas on an absent key must write");
     };
     assert_eq!(
-        s.cas("status", b"again".to_vec(), 0, &[], None).await.unwrap(),
+        s.cas("status", b"again".to_vec(), 0, &[], None)
+            .await
+            .unwrap(),
         CasOutcome::Conflict
     );
 
-    let CasOutcome::Written { revision: r2 } =
-        s.cas("status", b"g2".to_vec(), r1, &[], None).await.unwrap()
+    let CasOutcome::Written { revision: r2 } = s
+        .cas("status", b"g2".to_vec(), r1, &[], None)
+        .await
+        .unwrap()
     else {
         panic!("cas on the current revision must write");
     };
     assert!(r2 > r1);
     assert_eq!(
-        s.cas("status", b"stale".to_vec(), r1, &[], None).await.unwrap(),
+        s.cas("status", b"stale".to_vec(), r1, &[], None)
+            .await
+            .unwrap(),
         CasOutcome::Conflict
     );
     let now = s.get("status").await.unwrap().unwrap();
@@ -85,27 +94,44 @@ async fn create_revision_guard_fences_a_deposed_leader() {
     let etcd = start_etcd().await;
     let s = store(&[etcd.server.endpoint()], "c");
 
-    s.create("sentinel/leader", b"s1".to_vec(), None).await.unwrap();
-    let token = s.get("sentinel/leader").await.unwrap().unwrap().create_revision;
+    s.create("sentinel/leader", b"s1".to_vec(), None)
+        .await
+        .unwrap();
+    let token = s
+        .get("sentinel/leader")
+        .await
+        .unwrap()
+        .unwrap()
+        .create_revision;
     let guard = [Guard::CreateRevision {
         key: "sentinel/leader".into(),
         revision: token,
     }];
 
-    let CasOutcome::Written { revision } =
-        s.cas("status", b"by s1".to_vec(), 0, &guard, None).await.unwrap()
+    let CasOutcome::Written { revision } = s
+        .cas("status", b"by s1".to_vec(), 0, &guard, None)
+        .await
+        .unwrap()
     else {
         panic!("guard holds: must write");
     };
 
     // s1's key expires and s2 wins the election: same key, new create revision.
     s.delete("sentinel/leader").await.unwrap();
-    s.create("sentinel/leader", b"s2".to_vec(), None).await.unwrap();
+    s.create("sentinel/leader", b"s2".to_vec(), None)
+        .await
+        .unwrap();
 
     assert_eq!(
-        s.cas("status", b"late write by s1".to_vec(), revision, &guard, None)
-            .await
-            .unwrap(),
+        s.cas(
+            "status",
+            b"late write by s1".to_vec(),
+            revision,
+            &guard,
+            None
+        )
+        .await
+        .unwrap(),
         CasOutcome::Conflict
     );
     assert_eq!(s.get("status").await.unwrap().unwrap().value, b"by s1");
@@ -116,7 +142,9 @@ async fn create_revision_guard_fences_a_deposed_leader() {
         revision: 0,
     }];
     assert!(matches!(
-        s.cas("status", b"x".to_vec(), revision, &absent, None).await.unwrap(),
+        s.cas("status", b"x".to_vec(), revision, &absent, None)
+            .await
+            .unwrap(),
         CasOutcome::Written { .. }
     ));
 }

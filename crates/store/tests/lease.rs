@@ -15,7 +15,9 @@ async fn key_on_an_unrenewed_lease_vanishes_after_the_ttl() {
     let s = store(&[etcd.server.endpoint()], "c");
 
     let lease = s.grant(Duration::from_secs(2)).await.unwrap();
-    s.put("keepers/a", b"report".to_vec(), Some(lease)).await.unwrap();
+    s.put("keepers/a", b"report".to_vec(), Some(lease))
+        .await
+        .unwrap();
     assert_eq!(s.get("keepers/a").await.unwrap().unwrap().lease, lease);
 
     // One manual renewal works and reports the TTL.

@@ -53,7 +53,9 @@ async fn watch_notifies_on_changes_under_its_prefix_only() {
 
     s.put("status", b"x".to_vec(), None).await.unwrap();
     assert!(
-        timeout(Duration::from_millis(500), rx.recv()).await.is_err(),
+        timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
         "notified for a key outside the prefix"
     );
 
@@ -63,7 +65,10 @@ async fn watch_notifies_on_changes_under_its_prefix_only() {
     next(&mut rx, 5).await;
 
     cancel.cancel();
-    assert_eq!(timeout(Duration::from_secs(2), rx.recv()).await.unwrap(), None);
+    assert_eq!(
+        timeout(Duration::from_secs(2), rx.recv()).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -90,7 +95,12 @@ async fn watch_resumes_after_etcd_is_killed_and_restarted() {
 #[tokio::test]
 async fn watch_notifies_when_its_resume_revision_was_compacted() {
     let etcd = start_etcd().await;
-    let target = etcd.server.endpoint().trim_start_matches("http://").parse().unwrap();
+    let target = etcd
+        .server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
     let proxy = Proxy::start(target).await;
     let through_proxy = store(&[proxy.endpoint()], "c");
     let direct = store(&[etcd.server.endpoint()], "c");
@@ -121,7 +131,12 @@ async fn watch_notifies_when_its_resume_revision_was_compacted() {
 #[tokio::test]
 async fn watch_leaves_a_silent_endpoint_for_a_live_one() {
     let etcd = start_etcd().await;
-    let target = etcd.server.endpoint().trim_start_matches("http://").parse().unwrap();
+    let target = etcd
+        .server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
     let proxy = Proxy::start(target).await;
     let s = store(&[proxy.endpoint(), etcd.server.endpoint()], "c");
     let direct = store(&[etcd.server.endpoint()], "c");

@@ -60,13 +60,21 @@ fn assigned_role(status: &Status, uid: &str) -> &'static str {
 /// The primary's current write position, the reference for lag.
 fn primary_lsn(snap: &Snapshot) -> Option<Lsn> {
     let primary = snap.status.primary.as_deref()?;
-    snap.keepers.get(primary).filter(|r| r.role == ObservedRole::Primary).and_then(|r| r.current_lsn)
+    snap.keepers
+        .get(primary)
+        .filter(|r| r.role == ObservedRole::Primary)
+        .and_then(|r| r.current_lsn)
 }
 
 /// Builds the JSON object of the CLI contract.
 pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
     let reference = primary_lsn(snap);
-    let uids: BTreeSet<&String> = snap.status.members.keys().chain(snap.keepers.keys()).collect();
+    let uids: BTreeSet<&String> = snap
+        .status
+        .members
+        .keys()
+        .chain(snap.keepers.keys())
+        .collect();
     let members = uids
         .into_iter()
         .map(|uid| {
@@ -96,7 +104,14 @@ pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
         primary: snap.status.primary.clone(),
         paused: snap.spec.as_ref().is_some_and(|s| s.paused),
         members,
-        proxies: snap.proxies.iter().map(|(id, g)| ProxyJson { id: id.clone(), generation: *g }).collect(),
+        proxies: snap
+            .proxies
+            .iter()
+            .map(|(id, g)| ProxyJson {
+                id: id.clone(),
+                generation: *g,
+            })
+            .collect(),
         system_id: snap.status.system_id.map(|s| s.to_string()),
         timeline: snap.status.timeline,
         history: snap.status.history.clone(),
@@ -113,7 +128,11 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
         j.cluster,
         j.generation,
         j.primary.as_deref().unwrap_or("(none)"),
-        if j.paused { "  PAUSED (no automatic failover)" } else { "" }
+        if j.paused {
+            "  PAUSED (no automatic failover)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
@@ -122,7 +141,10 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
     );
     for m in &j.members {
         let state = match m.state {
-            Some(s) => serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            Some(s) => serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             None => "gone".to_string(),
         };
         let _ = writeln!(
@@ -140,10 +162,22 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
         );
     }
     if !j.proxies.is_empty() {
-        let _ = writeln!(out, "proxies: {}", j.proxies.iter().map(|p| format!("{}@{}", p.id, p.generation)).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            out,
+            "proxies: {}",
+            j.proxies
+                .iter()
+                .map(|p| format!("{}@{}", p.id, p.generation))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if let Some(last) = snap.status.history.last() {
-        let _ = writeln!(out, "last decision: generation {}: {}", last.generation, last.reason);
+        let _ = writeln!(
+            out,
+            "last decision: generation {}: {}",
+            last.generation, last.reason
+        );
     }
     out
 }
@@ -154,9 +188,22 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn snapshot() -> Snapshot {
-        let mut status = Status { generation: 2, primary: Some("a".into()), system_id: Some(9), timeline: 1, ..Status::default() };
+        let mut status = Status {
+            generation: 2,
+            primary: Some("a".into()),
+            system_id: Some(9),
+            timeline: 1,
+            ..Status::default()
+        };
         status.members.insert("a".into(), Assignment::Primary);
-        status.members.insert("b".into(), Assignment::Standby { follow: "a".into(), host: "h".into(), port: 1 });
+        status.members.insert(
+            "b".into(),
+            Assignment::Standby {
+                follow: "a".into(),
+                host: "h".into(),
+                port: 1,
+            },
+        );
         let mut a = KeeperReport::new("a", "127.0.0.1", 5432, "http://127.0.0.1:8008");
         a.role = ObservedRole::Primary;
         a.healthy = true;
@@ -180,7 +227,14 @@ mod tests {
     #[test]
     fn json_has_the_contract_fields_and_lag_against_the_primary() {
         let v = serde_json::to_value(to_json("main", &snapshot())).unwrap();
-        for field in ["cluster", "generation", "primary", "paused", "members", "proxies"] {
+        for field in [
+            "cluster",
+            "generation",
+            "primary",
+            "paused",
+            "members",
+            "proxies",
+        ] {
             assert!(v.get(field).is_some(), "missing {field}");
         }
         assert_eq!(v["cluster"], "main");
@@ -188,7 +242,15 @@ mod tests {
         assert_eq!(v["primary"], "a");
         assert_eq!(v["paused"], false);
         let b = &v["members"][1];
-        for field in ["uid", "role", "healthy", "timeline", "lsn", "lag_bytes", "api_url"] {
+        for field in [
+            "uid",
+            "role",
+            "healthy",
+            "timeline",
+            "lsn",
+            "lag_bytes",
+            "api_url",
+        ] {
             assert!(b.get(field).is_some(), "member missing {field}");
         }
         assert_eq!(b["uid"], "b");
@@ -206,7 +268,10 @@ mod tests {
         snap.keepers.remove("b");
         let j = to_json("main", &snap);
         let b = &j.members[1];
-        assert_eq!((b.uid.as_str(), b.healthy, b.lag_bytes, b.state), ("b", false, None, None));
+        assert_eq!(
+            (b.uid.as_str(), b.healthy, b.lag_bytes, b.state),
+            ("b", false, None, None)
+        );
         assert!(table("main", &snap).contains("gone"));
     }
 }

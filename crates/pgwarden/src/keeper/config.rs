@@ -115,7 +115,10 @@ impl std::fmt::Debug for KeeperConfig {
         f.debug_struct("KeeperConfig")
             .field("uid", &self.uid)
             .field("data_dir", &self.data_dir)
-            .field("pg", &format_args!("{}:{}", self.pg_advertise_address, self.pg_port))
+            .field(
+                "pg",
+                &format_args!("{}:{}", self.pg_advertise_address, self.pg_port),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -124,7 +127,11 @@ impl std::fmt::Debug for KeeperConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read config file {path}")]
-    ReadFile { path: PathBuf, #[source] source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
     #[error("missing {flag}: pass it as a flag or in --config")]
@@ -136,8 +143,14 @@ pub enum ConfigError {
     #[error("--pg-listen-address is {0}: pass --pg-advertise-address with an address other nodes can reach")]
     NeedAdvertise(String),
     #[error("password file {path} cannot be read: {source}; create it with the password on its first line and `chmod 600` it")]
-    PasswordFile { path: PathBuf, #[source] source: std::io::Error },
-    #[error("password file {path} is readable by other users (mode {mode:o}): run `chmod 600 {path}`")]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "password file {path} is readable by other users (mode {mode:o}): run `chmod 600 {path}`"
+    )]
     PasswordFileMode { path: PathBuf, mode: u32 },
     #[error("password file {path} is empty: put the password on its first line")]
     PasswordFileEmpty { path: PathBuf },
@@ -148,11 +161,18 @@ impl KeeperArgs {
     pub fn into_config(self) -> Result<KeeperConfig, ConfigError> {
         let file = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::ReadFile { path: path.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?;
                 toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::ParseFile {
                     path: path.clone(),
-                    message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+                    message: e
+                        .to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 })?
             }
             None => FileConfig::default(),
@@ -165,36 +185,65 @@ impl KeeperArgs {
                 self.store.store_endpoints
             },
         };
-        let uid = self.uid.or(file.uid).ok_or(ConfigError::Missing { flag: "--uid" })?;
+        let uid = self
+            .uid
+            .or(file.uid)
+            .ok_or(ConfigError::Missing { flag: "--uid" })?;
         if !pgwarden_core::keys::valid_uid(&uid) {
             return Err(ConfigError::BadUid(uid));
         }
-        let data_dir = self.data_dir.or(file.data_dir).ok_or(ConfigError::Missing { flag: "--data-dir" })?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .ok_or(ConfigError::Missing { flag: "--data-dir" })?;
         let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
-        let pg_listen_address = self
-            .pg_listen_address
-            .or(file.pg_listen_address)
-            .ok_or(ConfigError::Missing { flag: "--pg-listen-address" })?;
+        let pg_listen_address =
+            self.pg_listen_address
+                .or(file.pg_listen_address)
+                .ok_or(ConfigError::Missing {
+                    flag: "--pg-listen-address",
+                })?;
         let pg_advertise_address = match self.pg_advertise_address.or(file.pg_advertise_address) {
             Some(a) => a,
             None if matches!(pg_listen_address.as_str(), "*" | "0.0.0.0" | "::" | "") => {
                 return Err(ConfigError::NeedAdvertise(pg_listen_address));
             }
-            None => pg_listen_address.split(',').next().unwrap_or_default().trim().to_string(),
+            None => pg_listen_address
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         };
-        let pg_port = self.pg_port.or(file.pg_port).ok_or(ConfigError::Missing { flag: "--pg-port" })?;
+        let pg_port = self
+            .pg_port
+            .or(file.pg_port)
+            .ok_or(ConfigError::Missing { flag: "--pg-port" })?;
         let su_password_file = self
             .pg_su_password_file
             .or(file.pg_su_password_file)
-            .ok_or(ConfigError::Missing { flag: "--pg-su-password-file" })?;
+            .ok_or(ConfigError::Missing {
+                flag: "--pg-su-password-file",
+            })?;
         let repl_password_file = self
             .pg_repl_password_file
             .or(file.pg_repl_password_file)
-            .ok_or(ConfigError::Missing { flag: "--pg-repl-password-file" })?;
+            .ok_or(ConfigError::Missing {
+                flag: "--pg-repl-password-file",
+            })?;
         let repl_username =
-            self.pg_repl_username.or(file.pg_repl_username).ok_or(ConfigError::Missing { flag: "--pg-repl-username" })?;
-        let api = self.api_listen.or(file.api_listen).unwrap_or_else(|| DEFAULT_API_LISTEN.to_string());
-        let api_listen = api.parse().map_err(|_| ConfigError::BadApiListen(api.clone()))?;
+            self.pg_repl_username
+                .or(file.pg_repl_username)
+                .ok_or(ConfigError::Missing {
+                    flag: "--pg-repl-username",
+                })?;
+        let api = self
+            .api_listen
+            .or(file.api_listen)
+            .unwrap_or_else(|| DEFAULT_API_LISTEN.to_string());
+        let api_listen = api
+            .parse()
+            .map_err(|_| ConfigError::BadApiListen(api.clone()))?;
         Ok(KeeperConfig {
             store,
             uid,
@@ -202,7 +251,10 @@ impl KeeperArgs {
             pg_listen_address,
             pg_advertise_address,
             pg_port,
-            su_username: self.pg_su_username.or(file.pg_su_username).unwrap_or_else(|| DEFAULT_SU_USERNAME.into()),
+            su_username: self
+                .pg_su_username
+                .or(file.pg_su_username)
+                .unwrap_or_else(|| DEFAULT_SU_USERNAME.into()),
             su_password: read_password_file(&su_password_file)?,
             su_password_file: std::path::absolute(&su_password_file).unwrap_or(su_password_file),
             repl_username,
@@ -217,12 +269,21 @@ impl KeeperArgs {
 
 /// Reads the first line of a password file that only its owner can read.
 pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::PasswordFile { path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::PasswordFile {
+        path: path.into(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(ConfigError::PasswordFileMode { path: path.into(), mode });
+        return Err(ConfigError::PasswordFileMode {
+            path: path.into(),
+            mode,
+        });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile {
+        path: path.into(),
+        source,
+    })?;
     let password = text.lines().next().unwrap_or("").to_string();
     if password.is_empty() {
         return Err(ConfigError::PasswordFileEmpty { path: path.into() });
@@ -271,7 +332,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keeper.toml");
         std::fs::write(&file, "uid = 'from-file'\npg_port = 6000\napi_listen = '127.0.0.1:9000'\ncluster_name = 'c'\n").unwrap();
-        let a = KeeperArgs { config: Some(file), uid: None, ..args(dir.path()) };
+        let a = KeeperArgs {
+            config: Some(file),
+            uid: None,
+            ..args(dir.path())
+        };
         let c = a.into_config().unwrap();
         assert_eq!(c.uid, "from-file");
         assert_eq!(c.pg_port, 5432, "the flag wins over the file");
@@ -283,22 +348,54 @@ mod tests {
     fn bad_inputs_name_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let err = |a: KeeperArgs| a.into_config().unwrap_err().to_string();
-        assert_eq!(err(KeeperArgs { uid: None, ..args(dir.path()) }), "missing --uid: pass it as a flag or in --config");
-        assert!(err(KeeperArgs { uid: Some("a/b".into()), ..args(dir.path()) }).contains("invalid --uid"));
+        assert_eq!(
+            err(KeeperArgs {
+                uid: None,
+                ..args(dir.path())
+            }),
+            "missing --uid: pass it as a flag or in --config"
+        );
+        assert!(err(KeeperArgs {
+            uid: Some("a/b".into()),
+            ..args(dir.path())
+        })
+        .contains("invalid --uid"));
         let open = password_file(dir.path(), "open", 0o644, "x\n");
-        let e = err(KeeperArgs { pg_su_password_file: Some(open), ..args(dir.path()) });
-        assert!(e.contains("readable by other users") && e.contains("chmod 600"), "{e}");
-        let e = err(KeeperArgs { pg_su_password_file: Some(dir.path().join("nope")), ..args(dir.path()) });
+        let e = err(KeeperArgs {
+            pg_su_password_file: Some(open),
+            ..args(dir.path())
+        });
+        assert!(
+            e.contains("readable by other users") && e.contains("chmod 600"),
+            "{e}"
+        );
+        let e = err(KeeperArgs {
+            pg_su_password_file: Some(dir.path().join("nope")),
+            ..args(dir.path())
+        });
         assert!(e.contains("cannot be read"), "{e}");
         let empty = password_file(dir.path(), "empty", 0o600, "");
-        assert!(err(KeeperArgs { pg_su_password_file: Some(empty), ..args(dir.path()) }).contains("is empty"));
-        let e = err(KeeperArgs { pg_listen_address: Some("0.0.0.0".into()), ..args(dir.path()) });
+        assert!(err(KeeperArgs {
+            pg_su_password_file: Some(empty),
+            ..args(dir.path())
+        })
+        .contains("is empty"));
+        let e = err(KeeperArgs {
+            pg_listen_address: Some("0.0.0.0".into()),
+            ..args(dir.path())
+        });
         assert!(e.contains("--pg-advertise-address"), "{e}");
-        let e = err(KeeperArgs { api_listen: Some("8008".into()), ..args(dir.path()) });
+        let e = err(KeeperArgs {
+            api_listen: Some("8008".into()),
+            ..args(dir.path())
+        });
         assert!(e.contains("--api-listen"), "{e}");
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "pg_prot = 1\n").unwrap();
-        let e = err(KeeperArgs { config: Some(file), ..args(dir.path()) });
+        let e = err(KeeperArgs {
+            config: Some(file),
+            ..args(dir.path())
+        });
         assert!(e.contains("pg_prot"), "{e}");
     }
 }

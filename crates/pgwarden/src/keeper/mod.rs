@@ -35,11 +35,21 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
     let span = tracing::info_span!("keeper", cluster = store.cluster(), uid = cfg.uid.as_str());
     let tracker = tokio_util::task::TaskTracker::new();
     if cfg.sentinel {
-        let (store, id, cancel) = (store.clone(), format!("{}-sentinel", cfg.uid), cancel.child_token());
-        tracker.spawn(crate::sentinel::run_sentinel(store, id, cancel).instrument(tracing::info_span!("sentinel")));
+        let (store, id, cancel) = (
+            store.clone(),
+            format!("{}-sentinel", cfg.uid),
+            cancel.child_token(),
+        );
+        tracker.spawn(
+            crate::sentinel::run_sentinel(store, id, cancel)
+                .instrument(tracing::info_span!("sentinel")),
+        );
     }
     tracker.close();
-    let result = Node::new(cfg, store, bins).run(cancel.clone()).instrument(span).await;
+    let result = Node::new(cfg, store, bins)
+        .run(cancel.clone())
+        .instrument(span)
+        .await;
     cancel.cancel();
     tracker.wait().await;
     result
@@ -48,7 +58,8 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
 /// Checks that stop the keeper before it touches anything: a directory that
 /// is not ours to use, and a port someone else holds.
 async fn preflight(cfg: &KeeperConfig) -> anyhow::Result<()> {
-    let state = pgwarden_pg::inspect_data_dir(&cfg.data_dir).context("inspect the data directory")?;
+    let state =
+        pgwarden_pg::inspect_data_dir(&cfg.data_dir).context("inspect the data directory")?;
     if state == DataDirState::Foreign {
         bail!(
             "data directory {} is not empty and is not a postgres data directory: refusing to touch it; point --data-dir at an empty or missing directory",
@@ -62,7 +73,15 @@ async fn preflight(cfg: &KeeperConfig) -> anyhow::Result<()> {
             cfg.data_dir.display()
         );
     }
-    let addr = format!("{}:{}", cfg.pg_listen_address.split(',').next().unwrap_or_default().trim(), cfg.pg_port);
+    let addr = format!(
+        "{}:{}",
+        cfg.pg_listen_address
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim(),
+        cfg.pg_port
+    );
     match tokio::net::TcpListener::bind(&addr).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(

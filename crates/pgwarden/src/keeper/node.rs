@@ -11,8 +11,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgwarden_core::plan::{DataState, Target};
-use pgwarden_core::{keys, plan, Assignment, KeeperReport, ObservedRole, Observed, PgAction, Spec, Status};
-use pgwarden_pg::{ConnParams, DataDirState, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf};
+use pgwarden_core::{
+    keys, plan, Assignment, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
+};
+use pgwarden_pg::{
+    ConnParams, DataDirState, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf,
+};
 use pgwarden_store::{LeaseKeeper, LeaseState, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -190,7 +194,8 @@ impl Node {
             self.applied_generation = status.generation;
             self.last_error = None;
         }
-        self.manage_primary_key(&spec, assignment.as_ref(), pg.as_ref()).await;
+        self.manage_primary_key(&spec, assignment.as_ref(), pg.as_ref())
+            .await;
         self.publish(lease, pg.as_ref()).await;
         match failed {
             Some(e) => Err(e),
@@ -199,7 +204,12 @@ impl Node {
     }
 
     /// Observes postgres for `plan`.
-    async fn observe(&mut self, spec: &Spec, status: &Status, assignment: Option<&Assignment>) -> anyhow::Result<Observation> {
+    async fn observe(
+        &mut self,
+        spec: &Spec,
+        status: &Status,
+        assignment: Option<&Assignment>,
+    ) -> anyhow::Result<Observation> {
         if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
             tracing::warn!("postgres is not running: {info}");
             self.postmaster = None;
@@ -213,7 +223,11 @@ impl Node {
             DataDirState::Postgres { .. } => {
                 let sid = match self.system_id {
                     Some(sid) => sid,
-                    None => pgwarden_pg::controldata(&self.bins, &self.cfg.data_dir).await?.system_identifier,
+                    None => {
+                        pgwarden_pg::controldata(&self.bins, &self.cfg.data_dir)
+                            .await?
+                            .system_identifier
+                    }
                 };
                 self.system_id = Some(sid);
                 DataState::Postgres { system_id: sid }
@@ -226,7 +240,11 @@ impl Node {
         let pg = if running { self.probe().await } else { None };
         let in_recovery = pg.as_ref().map(|s| s.in_recovery);
         let slots = match (&self.client, in_recovery) {
-            (Some(c), Some(false)) => c.replication_slots().await.ok().map(|v| v.into_iter().collect()),
+            (Some(c), Some(false)) => c
+                .replication_slots()
+                .await
+                .ok()
+                .map(|v| v.into_iter().collect()),
             _ => None,
         };
         let config_current = match data {
@@ -255,7 +273,10 @@ impl Node {
             }
             self.client = None;
         }
-        let client = PgClient::connect(&self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port)).await.ok()?;
+        let client =
+            PgClient::connect(&self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port))
+                .await
+                .ok()?;
         let status = client.status().await.ok()?;
         self.client = Some(client);
         Some(status)
@@ -303,29 +324,54 @@ impl Node {
         pgwarden_pg::render_pg_hba(&spec.pg_hba, &self.cfg.su_username, &self.cfg.repl_username)
     }
 
-    fn config_matches(&self, spec: &Spec, _status: &Status, assignment: Option<&Assignment>) -> bool {
+    fn config_matches(
+        &self,
+        spec: &Spec,
+        _status: &Status,
+        assignment: Option<&Assignment>,
+    ) -> bool {
         let read = |name: &str| std::fs::read_to_string(self.cfg.data_dir.join(name)).ok();
         let want_standby = matches!(assignment, Some(Assignment::Standby { .. }));
         let standby_ok = !want_standby || self.cfg.data_dir.join("standby.signal").exists();
-        read("postgresql.conf").as_deref() == Some(pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment)).as_str())
+        read("postgresql.conf").as_deref()
+            == Some(pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment)).as_str())
             && read("pg_hba.conf").as_deref() == Some(self.hba(spec).as_str())
             && standby_ok
     }
 
-    async fn execute(&mut self, action: &PgAction, spec: &Spec, assignment: Option<&Assignment>) -> anyhow::Result<()> {
+    async fn execute(
+        &mut self,
+        action: &PgAction,
+        spec: &Spec,
+        assignment: Option<&Assignment>,
+    ) -> anyhow::Result<()> {
         let dir = self.cfg.data_dir.clone();
         match action {
             PgAction::InitDb => {
                 tracing::info!("postgres: initdb (new cluster, data checksums on)");
                 self.initializing = true;
-                let r = pgwarden_pg::initdb(&self.bins, &dir, &self.cfg.su_username, &self.cfg.su_password_file).await;
+                let r = pgwarden_pg::initdb(
+                    &self.bins,
+                    &dir,
+                    &self.cfg.su_username,
+                    &self.cfg.su_password_file,
+                )
+                .await;
                 self.initializing = false;
                 r.context("initdb")?;
             }
             PgAction::BaseBackup { host, port } => {
                 tracing::info!("postgres: cloning from {host}:{port} with pg_basebackup");
                 self.initializing = true;
-                let r = pgwarden_pg::basebackup(&self.bins, &dir, host, *port, &self.cfg.repl_username, &self.cfg.repl_password).await;
+                let r = pgwarden_pg::basebackup(
+                    &self.bins,
+                    &dir,
+                    host,
+                    *port,
+                    &self.cfg.repl_username,
+                    &self.cfg.repl_password,
+                )
+                .await;
                 self.initializing = false;
                 r.context("pg_basebackup")?;
             }
@@ -365,9 +411,18 @@ impl Node {
                 self.client().await?.promote().await?;
             }
             PgAction::EnsureReplicationRole => {
-                let (user, password) = (self.cfg.repl_username.clone(), self.cfg.repl_password.clone());
-                self.client().await?.ensure_replication_role(&user, &password).await?;
-                tracing::info!(role = self.cfg.repl_username.as_str(), "postgres: replication role ready");
+                let (user, password) = (
+                    self.cfg.repl_username.clone(),
+                    self.cfg.repl_password.clone(),
+                );
+                self.client()
+                    .await?
+                    .ensure_replication_role(&user, &password)
+                    .await?;
+                tracing::info!(
+                    role = self.cfg.repl_username.as_str(),
+                    "postgres: replication role ready"
+                );
                 self.role_ready = true;
             }
             PgAction::CreateSlot(name) => {
@@ -384,7 +439,10 @@ impl Node {
 
     async fn client(&mut self) -> anyhow::Result<&PgClient> {
         if self.client.is_none() {
-            let c = PgClient::connect(&self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port)).await?;
+            let c = PgClient::connect(
+                &self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port),
+            )
+            .await?;
             self.client = Some(c);
         }
         self.client.as_ref().context("connect to postgres")
@@ -395,13 +453,18 @@ impl Node {
         loop {
             if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
                 self.postmaster = None;
-                anyhow::bail!("postgres exited during start-up: {info}; see the postgres lines above");
+                anyhow::bail!(
+                    "postgres exited during start-up: {info}; see the postgres lines above"
+                );
             }
             if self.probe().await.is_some() {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("postgres did not accept connections within {}s", START_TIMEOUT.as_secs());
+                anyhow::bail!(
+                    "postgres did not accept connections within {}s",
+                    START_TIMEOUT.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -417,7 +480,13 @@ impl Node {
         );
         tracing::info!("postgres: rewinding onto {host}:{port} with pg_rewind");
         self.initializing = true;
-        let result = pgwarden_pg::rewind(&self.bins, &self.cfg.data_dir, &source, &self.cfg.su_password).await;
+        let result = pgwarden_pg::rewind(
+            &self.bins,
+            &self.cfg.data_dir,
+            &source,
+            &self.cfg.su_password,
+        )
+        .await;
         self.initializing = false;
         match result {
             Ok(()) => Ok(()),
@@ -426,7 +495,15 @@ impl Node {
                 clear_dir(&self.cfg.data_dir)?;
                 self.system_id = None;
                 self.initializing = true;
-                let r = pgwarden_pg::basebackup(&self.bins, &self.cfg.data_dir, host, port, &self.cfg.repl_username, &self.cfg.repl_password).await;
+                let r = pgwarden_pg::basebackup(
+                    &self.bins,
+                    &self.cfg.data_dir,
+                    host,
+                    port,
+                    &self.cfg.repl_username,
+                    &self.cfg.repl_password,
+                )
+                .await;
                 self.initializing = false;
                 r.context("pg_basebackup after a failed rewind")?;
                 Ok(())
@@ -436,19 +513,35 @@ impl Node {
     }
 
     /// Holds the primary key while this node runs as the writable primary.
-    async fn manage_primary_key(&mut self, spec: &Spec, assignment: Option<&Assignment>, pg: Option<&PgStatus>) {
-        let serving = matches!(assignment, Some(Assignment::Primary)) && pg.is_some_and(|s| !s.in_recovery);
+    async fn manage_primary_key(
+        &mut self,
+        spec: &Spec,
+        assignment: Option<&Assignment>,
+        pg: Option<&PgStatus>,
+    ) {
+        let serving =
+            matches!(assignment, Some(Assignment::Primary)) && pg.is_some_and(|s| !s.in_recovery);
         if !serving {
             if let Some(lease) = self.primary_lease.take() {
                 lease.release().await;
             }
             return;
         }
-        let lease = self
-            .primary_lease
-            .get_or_insert_with(|| LeaseKeeper::spawn(self.store.clone(), spec.primary_lease_ttl.0, CancellationToken::new()));
-        let Some(id) = lease.state().borrow().id else { return };
-        match self.store.create(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id)).await {
+        let lease = self.primary_lease.get_or_insert_with(|| {
+            LeaseKeeper::spawn(
+                self.store.clone(),
+                spec.primary_lease_ttl.0,
+                CancellationToken::new(),
+            )
+        });
+        let Some(id) = lease.state().borrow().id else {
+            return;
+        };
+        match self
+            .store
+            .create(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id))
+            .await
+        {
             Ok(Some(_)) => tracing::info!("holding the primary lease"),
             Ok(None) => {
                 if let Ok(Some(v)) = self.store.get(keys::PRIMARY).await {
@@ -456,7 +549,10 @@ impl Node {
                         tracing::warn!(holder = %String::from_utf8_lossy(&v.value), "primary lease held by another keeper");
                     } else if v.lease != id {
                         // Ours from an earlier lease: move it to the current one.
-                        let _ = self.store.put(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id)).await;
+                        let _ = self
+                            .store
+                            .put(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id))
+                            .await;
                     }
                 }
             }
@@ -467,22 +563,43 @@ impl Node {
     async fn publish(&mut self, lease: &watch::Receiver<LeaseState>, pg: Option<&PgStatus>) {
         let Some(id) = lease.borrow().id else { return };
         let report = self.report(pg);
-        if let Err(e) = self.store.put(&keys::keeper(&self.cfg.uid), report.to_json(), Some(id)).await {
+        if let Err(e) = self
+            .store
+            .put(&keys::keeper(&self.cfg.uid), report.to_json(), Some(id))
+            .await
+        {
             tracing::debug!(error = %e, "cannot publish the report");
         }
     }
 
     fn report(&self, pg: Option<&PgStatus>) -> KeeperReport {
-        let api_url = format!("http://{}:{}", self.cfg.pg_advertise_address, self.cfg.api_listen.port());
-        let mut r = KeeperReport::new(&self.cfg.uid, &self.cfg.pg_advertise_address, self.cfg.pg_port, &api_url);
+        let api_url = format!(
+            "http://{}:{}",
+            self.cfg.pg_advertise_address,
+            self.cfg.api_listen.port()
+        );
+        let mut r = KeeperReport::new(
+            &self.cfg.uid,
+            &self.cfg.pg_advertise_address,
+            self.cfg.pg_port,
+            &api_url,
+        );
         r.applied_generation = self.applied_generation;
         r.nofailover = self.cfg.nofailover;
         r.system_id = self.system_id;
         r.error = self.last_error.clone();
-        r.role = if self.initializing { ObservedRole::Initializing } else { ObservedRole::Stopped };
+        r.role = if self.initializing {
+            ObservedRole::Initializing
+        } else {
+            ObservedRole::Stopped
+        };
         if let Some(s) = pg {
             r.healthy = true;
-            r.role = if s.in_recovery { ObservedRole::Standby } else { ObservedRole::Primary };
+            r.role = if s.in_recovery {
+                ObservedRole::Standby
+            } else {
+                ObservedRole::Primary
+            };
             r.timeline = s.timeline;
             r.current_lsn = s.current_lsn;
             r.receive_lsn = s.receive_lsn;

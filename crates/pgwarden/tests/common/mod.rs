@@ -5,7 +5,7 @@
 //! started with the uid/gid of `postgres` and every directory it needs is
 //! handed to that user.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -24,10 +24,30 @@ pub const SU_PASSWORD: &str = "su-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const BIN: &str = env!("CARGO_BIN_EXE_pgwarden");
 
+/// The binary, copied where the `postgres` user can execute it: a checkout
+/// under /root is not traversable by other users.
+pub fn bin() -> &'static Path {
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pgwarden-e2e-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("pgwarden");
+        std::fs::copy(BIN, &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    })
+}
+
 /// The unprivileged OS user postgres runs as.
 pub fn postgres_user() -> (u32, u32) {
-    assert!(nix::unistd::geteuid().is_root(), "end-to-end tests run as root (they start postgres as the `postgres` user)");
-    let u = nix::unistd::User::from_name("postgres").unwrap().expect("OS user `postgres` missing: run .ci/setup");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests run as root (they start postgres as the `postgres` user)"
+    );
+    let u = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("OS user `postgres` missing: run .ci/setup");
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
@@ -57,11 +77,16 @@ impl TestCluster {
     /// etcd running, cluster not initialised.
     pub async fn new() -> TestCluster {
         let run_as = postgres_user();
-        let dir = tempfile::Builder::new().prefix("pgwarden-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-e2e-")
+            .tempdir()
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let etcd_dir = dir.path().join("etcd");
         std::fs::create_dir(&etcd_dir).unwrap();
-        let etcd = EtcdServer::start(&etcd_dir, free_port(), free_port()).await.unwrap();
+        let etcd = EtcdServer::start(&etcd_dir, free_port(), free_port())
+            .await
+            .unwrap();
         let su_file = secret(dir.path(), "su-password", SU_PASSWORD, run_as);
         let repl_file = secret(dir.path(), "repl-password", REPL_PASSWORD, run_as);
         TestCluster {
@@ -90,7 +115,7 @@ impl TestCluster {
 
     /// A `pgwarden` command with the cluster's store flags in its environment.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.env("PGWARDEN_CLUSTER_NAME", &self.name)
             .env("PGWARDEN_STORE_ENDPOINTS", self.etcd.endpoint())
             .env_remove("RUST_LOG")
@@ -140,7 +165,12 @@ impl TestCluster {
         let mut cmd = self.command();
         cmd.arg("keeper")
             .args(["--uid", uid, "--pg-listen-address", "127.0.0.1"])
-            .args(["--pg-port", &k.pg_port.to_string(), "--api-listen", &format!("127.0.0.1:{}", k.api_port)])
+            .args([
+                "--pg-port",
+                &k.pg_port.to_string(),
+                "--api-listen",
+                &format!("127.0.0.1:{}", k.api_port),
+            ])
             .arg("--data-dir")
             .arg(&k.data_dir)
             .arg("--pg-su-password-file")
@@ -180,7 +210,9 @@ impl TestCluster {
 
     /// Whether a child is still running.
     pub fn running(&mut self, name: &str) -> bool {
-        self.children.get_mut(name).is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.children
+            .get_mut(name)
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -189,20 +221,33 @@ impl TestCluster {
 
     /// The member entry of `uid` in `ctl status --output json`.
     pub fn member(status: &Value, uid: &str) -> Option<Value> {
-        status["members"].as_array()?.iter().find(|m| m["uid"] == uid).cloned()
+        status["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["uid"] == uid)
+            .cloned()
     }
 
     /// Waits until one primary and `standbys` healthy streaming standbys show in ctl status.
     pub async fn wait_converged(&self, standbys: usize, timeout: Duration) -> Value {
-        wait_for(&format!("a primary and {standbys} standbys"), timeout, || {
-            let s = self.status();
-            let members = s["members"].as_array()?.clone();
-            let primary = s["primary"].as_str()?.to_string();
-            let p = members.iter().find(|m| m["uid"] == primary.as_str())?;
-            (p["state"] == "primary" && p["healthy"] == true).then_some(())?;
-            let ok = members.iter().filter(|m| m["role"] == "standby" && m["state"] == "standby" && m["healthy"] == true).count();
-            (ok == standbys).then_some(s)
-        })
+        wait_for(
+            &format!("a primary and {standbys} standbys"),
+            timeout,
+            || {
+                let s = self.status();
+                let members = s["members"].as_array()?.clone();
+                let primary = s["primary"].as_str()?.to_string();
+                let p = members.iter().find(|m| m["uid"] == primary.as_str())?;
+                (p["state"] == "primary" && p["healthy"] == true).then_some(())?;
+                let ok = members
+                    .iter()
+                    .filter(|m| {
+                        m["role"] == "standby" && m["state"] == "standby" && m["healthy"] == true
+                    })
+                    .count();
+                (ok == standbys).then_some(s)
+            },
+        )
         .await
     }
 
@@ -242,7 +287,10 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> O
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -28,10 +28,10 @@ pub fn init_tracing() {
 
 pub async fn start_etcd() -> TestEtcd {
     init_tracing();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let server = EtcdServer::start(dir.path(), free_port(), free_port())
         .await
-        .unwrap();
+        .expect("start etcd");
     TestEtcd { server, dir }
 }
 
@@ -44,7 +44,7 @@ pub fn fast_options() -> StoreOptions {
 }
 
 pub fn store(endpoints: &[String], cluster: &str) -> Store {
-    Store::new(endpoints, cluster, fast_options()).unwrap()
+    Store::new(endpoints, cluster, fast_options()).expect("valid endpoints")
 }
 
 /// An endpoint nothing listens on.

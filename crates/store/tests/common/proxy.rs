@@ -25,8 +25,10 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
         let (mode, rx) = watch::channel(Mode::Forward);
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
