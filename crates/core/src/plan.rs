@@ -112,6 +112,12 @@ pub struct Target<'a> {
     pub cluster_system_id: Option<u64>,
     /// Slots the primary must hold: one per standby.
     pub wanted_slots: BTreeSet<String>,
+    /// This keeper holds the primary lease now. Postgres is started or
+    /// promoted as primary only then, so that two nodes are never writable.
+    pub holds_primary_lease: bool,
+    /// The node this keeper is assigned to follow is the cluster's primary
+    /// (false while a failover is between its two steps).
+    pub upstream_is_primary: bool,
 }
 
 /// The actions that move `observed` towards `target`, in order. An empty plan
@@ -141,7 +147,10 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
                 // already has data, an empty primary must never initdb a
                 // second, unrelated history.
                 if target.cluster_system_id.is_none() {
-                    actions.extend([PgAction::InitDb, PgAction::WriteConfig, PgAction::Start]);
+                    actions.extend([PgAction::InitDb, PgAction::WriteConfig]);
+                    if target.holds_primary_lease {
+                        actions.push(PgAction::Start);
+                    }
                 }
                 return Ok(actions);
             }
@@ -149,14 +158,21 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
                 actions.push(PgAction::WriteConfig);
             }
             if !observed.running {
-                actions.push(PgAction::Start);
+                // Without the lease a start could make a second writable
+                // node (a standby.signal left behind starts it as a
+                // standby, which is harmless, but not worth the rule's
+                // exception).
+                if target.holds_primary_lease {
+                    actions.push(PgAction::Start);
+                }
                 return Ok(actions);
             }
             if !observed.config_current {
                 actions.push(PgAction::Reload);
             }
             match observed.in_recovery {
-                Some(true) => actions.push(PgAction::Promote),
+                Some(true) if target.holds_primary_lease => actions.push(PgAction::Promote),
+                Some(true) => {}
                 Some(false) => {
                     if !observed.replication_role_ready {
                         actions.push(PgAction::EnsureReplicationRole);
@@ -204,6 +220,11 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
             if was_primary {
                 if observed.running {
                     actions.push(PgAction::Stop);
+                }
+                // Rewinding needs the new primary up: mid-failover, stopping
+                // is all there is to do.
+                if !target.upstream_is_primary {
+                    return Ok(actions);
                 }
                 actions.extend([
                     PgAction::Rewind { host, port },
@@ -275,7 +296,49 @@ mod tests {
             assignment,
             cluster_system_id: sid,
             wanted_slots: BTreeSet::new(),
+            holds_primary_lease: true,
+            upstream_is_primary: true,
         }
+    }
+
+    #[test]
+    fn no_primary_start_or_promotion_without_the_lease() {
+        let p = Assignment::Primary;
+        let t = Target {
+            holds_primary_lease: false,
+            ..target(Some(&p), None)
+        };
+        assert_eq!(
+            plan(&t, &observed(DataState::Empty)).unwrap(),
+            vec![PgAction::InitDb, PgAction::WriteConfig]
+        );
+        let t = Target {
+            holds_primary_lease: false,
+            ..target(Some(&p), Some(7))
+        };
+        let stopped = Observed {
+            running: false,
+            in_recovery: None,
+            ..running_primary()
+        };
+        assert_eq!(plan(&t, &stopped).unwrap(), vec![]);
+        assert_eq!(plan(&t, &running_standby()).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn deposed_primary_only_stops_until_the_new_primary_is_up() {
+        let s = standby_of("h");
+        let t = Target {
+            upstream_is_primary: false,
+            ..target(Some(&s), Some(7))
+        };
+        assert_eq!(plan(&t, &running_primary()).unwrap(), vec![PgAction::Stop]);
+        let stopped = Observed {
+            running: false,
+            in_recovery: None,
+            ..running_primary()
+        };
+        assert_eq!(plan(&t, &stopped).unwrap(), vec![]);
     }
 
     #[test]

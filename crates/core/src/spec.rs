@@ -24,6 +24,9 @@ pub const DEFAULT_KEEPER_REPORT_TTL: HumanDuration = HumanDuration::from_secs(5)
 pub const DEFAULT_SENTINEL_LEASE_TTL: HumanDuration = HumanDuration::from_secs(3);
 /// Default time-to-live of each proxy's acknowledgement key.
 pub const DEFAULT_PROXY_TTL: HumanDuration = HumanDuration::from_secs(3);
+/// Default time a newly named primary has to take the primary lease before
+/// it is considered failed (initdb, crash recovery or promotion take a while).
+pub const DEFAULT_PROMOTION_TIMEOUT: HumanDuration = HumanDuration::from_secs(30);
 /// Default largest replay lag a standby may have and still be promoted.
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// Bounds a TTL must lie within: below a second, a GC pause or a slow fsync on
@@ -58,6 +61,8 @@ pub struct Spec {
     pub sentinel_lease_ttl: HumanDuration,
     /// Lifetime of each proxy's acknowledgement key.
     pub proxy_ttl: HumanDuration,
+    /// Time a newly named primary has to take the primary lease.
+    pub promotion_timeout: HumanDuration,
     /// Largest replay lag (bytes) a standby may have and still be promoted.
     pub max_lag_bytes: u64,
     /// No automatic failover while set.
@@ -80,6 +85,7 @@ impl Default for Spec {
             keeper_report_ttl: DEFAULT_KEEPER_REPORT_TTL,
             sentinel_lease_ttl: DEFAULT_SENTINEL_LEASE_TTL,
             proxy_ttl: DEFAULT_PROXY_TTL,
+            promotion_timeout: DEFAULT_PROMOTION_TIMEOUT,
             max_lag_bytes: DEFAULT_MAX_LAG_BYTES,
             paused: false,
             on_postgres_crash: OnPostgresCrash::default(),
@@ -121,6 +127,14 @@ pub enum SpecError {
     /// A TTL outside the sane range.
     #[error("spec field {field} = {value} is out of range: use between 1s and 60s")]
     TtlOutOfRange {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: HumanDuration,
+    },
+    /// A timeout outside the sane range.
+    #[error("spec field {field} = {value} is out of range: use between 1s and 10m")]
+    TimeoutOutOfRange {
         /// The field.
         field: &'static str,
         /// The value given.
@@ -205,6 +219,12 @@ impl Spec {
             if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&value.as_millis()) {
                 return Err(SpecError::TtlOutOfRange { field, value });
             }
+        }
+        if !(MIN_TTL_MS..=600_000).contains(&self.promotion_timeout.as_millis()) {
+            return Err(SpecError::TimeoutOutOfRange {
+                field: "promotion_timeout",
+                value: self.promotion_timeout,
+            });
         }
         for (name, value) in &self.pg_parameters {
             let lower = name.to_ascii_lowercase();

@@ -66,6 +66,15 @@ pub struct Status {
     pub timeline: u32,
     /// Each known keeper's assignment.
     pub members: BTreeMap<String, Assignment>,
+    /// During a failover: the primary that was deposed and must be proven
+    /// gone (its primary lease released or expired, every proxy past it)
+    /// before anyone is promoted.
+    pub deposed: Option<String>,
+    /// The primary has held the primary lease since it was named. Until it
+    /// has, a missing lease means "not there yet", not "failed".
+    pub primary_confirmed: bool,
+    /// When the current primary was named (ms since epoch).
+    pub primary_since_ms: u64,
     /// Since when (ms since epoch) a member has been seen unhealthy.
     pub unhealthy_since: BTreeMap<String, u64>,
     /// The last decisions, oldest first.
@@ -81,6 +90,9 @@ impl Default for Status {
             primary: None,
             timeline: 0,
             members: BTreeMap::new(),
+            deposed: None,
+            primary_confirmed: false,
+            primary_since_ms: 0,
             unhealthy_since: BTreeMap::new(),
             history: Vec::new(),
         }

@@ -170,6 +170,7 @@ async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
         status: snap.status.clone(),
         keepers: snap.keepers,
         primary_lease_holder: snap.primary_holder,
+        proxies: snap.proxies,
     };
     let decision = decide(&view);
     if !decision.changed(&snap.status) {

@@ -171,21 +171,33 @@ async fn three_keepers_give_one_primary_and_two_streaming_standbys() {
         "the standby cloned again"
     );
 
-    // The primary's keeper too (no failover policy can act: it comes back as primary).
+    // The primary's keeper stopped: its lease goes with it, a standby is
+    // promoted, and the old primary comes back as a standby through pg_rewind.
     c.stop(&primary, Signal::SIGTERM);
+    let promoted = wait_for("a new primary", CONVERGE, || {
+        let s = c.status();
+        let p = s["primary"].as_str()?.to_string();
+        let m = TestCluster::member(&s, &p)?;
+        (p != primary && m["state"] == "primary").then_some(p)
+    })
+    .await;
+    let np = connect(c.port_of(&promoted)).await.unwrap();
+    np.batch_execute("INSERT INTO e2e (v) VALUES ('four')")
+        .await
+        .unwrap();
     c.start_keeper(&primary);
     let after = c.wait_converged(2, CONVERGE).await;
-    assert_eq!(after["primary"], primary.as_str());
+    assert_eq!(after["primary"], promoted.as_str());
     assert_eq!(
         c.log(&primary).matches("initdb").count(),
         1,
-        "the primary ran initdb again"
+        "the old primary ran initdb again"
     );
-    let p = connect(pport).await.unwrap();
-    p.batch_execute("INSERT INTO e2e (v) VALUES ('four')")
-        .await
-        .unwrap();
-    for s in &standbys {
-        wait_rows(c.port_of(s), 4).await;
+    assert!(
+        c.log(&primary).contains("pg_rewind"),
+        "the old primary must rejoin through pg_rewind"
+    );
+    for uid in ["k1", "k2", "k3"] {
+        wait_rows(c.port_of(uid), 4).await;
     }
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::lsn::Lsn;
+use crate::spec::OnPostgresCrash;
 use proptest::prelude::*;
 
 const SID: u64 = 7_000_000_000_000_000_001;
@@ -19,6 +20,7 @@ fn cluster() -> Cluster {
             status: Status::default(),
             keepers: BTreeMap::new(),
             primary_lease_holder: None,
+            proxies: BTreeMap::new(),
         },
     }
 }
@@ -94,6 +96,7 @@ fn bootstrapped(s: &mut Status) {
     s.system_id = Some(SID);
     s.timeline = 1;
     s.members.insert("a".into(), Assignment::Primary);
+    s.primary_confirmed = true;
 }
 
 #[test]
@@ -119,6 +122,7 @@ fn first_keeper_becomes_the_primary() {
         ..Status::default()
     };
     want.members.insert("a".into(), Assignment::Primary);
+    want.primary_since_ms = 1_000_000;
     want.unhealthy_since.insert("a".into(), 1_000_000);
     want.history.push(HistoryEntry {
         at_ms: 1_000_000,
@@ -341,6 +345,7 @@ proptest! {
                 status: status.clone(),
                 keepers: reports.iter().map(|r| (r.uid.clone(), r.clone())).collect(),
                 primary_lease_holder: None,
+                proxies: BTreeMap::new(),
             };
             let d = decide(&view);
             prop_assert!(d.next.generation >= status.generation);
@@ -370,4 +375,343 @@ proptest! {
             status = d.next;
         }
     }
+}
+
+/// A healthy standby of SID on timeline 1 that has received up to `lsn`.
+fn standby_report(uid: &str, lsn: u64) -> KeeperReport {
+    let mut r = report(uid);
+    r.role = ObservedRole::Standby;
+    r.healthy = true;
+    r.system_id = Some(SID);
+    r.timeline = 1;
+    r.receive_lsn = Some(Lsn(lsn));
+    r.replay_lsn = Some(Lsn(lsn));
+    r
+}
+
+impl Cluster {
+    fn standby(mut self, uid: &str, lsn: u64) -> Self {
+        self.view
+            .keepers
+            .insert(uid.into(), standby_report(uid, lsn));
+        self.view.status.members.insert(uid.into(), standby_of("a"));
+        self
+    }
+
+    /// The primary `a` is gone: no report, no lease.
+    fn primary_gone(mut self) -> Self {
+        self.view.keepers.remove("a");
+        self.view.primary_lease_holder = None;
+        self
+    }
+
+    fn tweak(mut self, uid: &str, f: impl FnOnce(&mut KeeperReport)) -> Self {
+        f(self.view.keepers.get_mut(uid).unwrap());
+        self
+    }
+
+    fn spec(mut self, f: impl FnOnce(&mut Spec)) -> Self {
+        f(&mut self.view.spec);
+        self
+    }
+
+    fn proxy(mut self, id: &str, generation: u64) -> Self {
+        self.view.proxies.insert(id.into(), generation);
+        self
+    }
+}
+
+/// A running cluster at generation 2: primary a, standbys added by the caller.
+fn running() -> Cluster {
+    cluster().primary_running("a").status(|s| {
+        bootstrapped(s);
+        s.generation = 2;
+    })
+}
+
+fn primary_of(d: &Decision) -> Option<&str> {
+    d.next.primary.as_deref()
+}
+
+#[test]
+fn dead_primary_is_replaced_by_the_most_advanced_standby() {
+    let d = running()
+        .standby("b", 0x2000)
+        .standby("c", 0x3000)
+        .primary_gone()
+        .decide();
+    assert_eq!(
+        d.reason,
+        Reason::Promoted {
+            uid: "c".into(),
+            from: "a".into()
+        }
+    );
+    // Depose and promote are two generations, even in one call.
+    assert_eq!(d.next.generation, 4);
+    assert_eq!(d.next.deposed, None);
+    assert_eq!(d.next.members["c"], Assignment::Primary);
+    let follow_c = Assignment::Standby {
+        follow: "c".into(),
+        host: "host-c".into(),
+        port: 5432,
+    };
+    assert_eq!(
+        d.next.members["a"], follow_c,
+        "the old primary must rejoin as a standby of c"
+    );
+    assert_eq!(d.next.members["b"], follow_c);
+    assert_eq!(
+        d.next.history.last().unwrap().reason,
+        "c promoted to primary (was a)"
+    );
+    // Order does not depend on uid order: the most advanced still wins.
+    let d = running()
+        .standby("b", 0x3000)
+        .standby("c", 0x2000)
+        .primary_gone()
+        .decide();
+    assert_eq!(primary_of(&d), Some("b"));
+}
+
+#[test]
+fn ties_go_to_the_higher_replay_then_the_smaller_uid() {
+    let d = running()
+        .standby("b", 0x3000)
+        .standby("c", 0x3000)
+        .tweak("b", |r| r.replay_lsn = Some(Lsn(0x1000)))
+        .primary_gone()
+        .decide();
+    assert_eq!(primary_of(&d), Some("c"));
+    let d = running()
+        .standby("c", 0x3000)
+        .standby("b", 0x3000)
+        .primary_gone()
+        .decide();
+    assert_eq!(primary_of(&d), Some("b"));
+}
+
+#[test]
+fn ineligible_standbys_are_never_promoted() {
+    // Beyond max lag.
+    let d = running()
+        .standby("b", 0x100)
+        .standby("c", 0x100 + 2 * 16 * 1024 * 1024)
+        .tweak("c", |r| r.healthy = false)
+        .spec(|s| s.max_lag_bytes = 16 * 1024 * 1024)
+        .primary_gone()
+        .decide();
+    assert_eq!(d.reason, Reason::NoCandidate { uid: "a".into() });
+    let before = running()
+        .standby("b", 0x100)
+        .standby("c", 0)
+        .primary_gone()
+        .view
+        .status;
+    assert_eq!(
+        (&d.next.members, &d.next.primary, d.next.generation),
+        (&before.members, &before.primary, 2)
+    );
+    assert_eq!(
+        d.next.unhealthy_since.keys().collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+    // nofailover, another timeline, unhealthy, or reporting an error.
+    for tweak in [
+        (|r: &mut KeeperReport| r.nofailover = true) as fn(&mut KeeperReport),
+        |r| r.timeline = 2,
+        |r| r.healthy = false,
+        |r| r.error = Some("x".into()),
+        |r| r.role = ObservedRole::Stopped,
+    ] {
+        let d = running()
+            .standby("b", 0x9000)
+            .standby("c", 0x1000)
+            .tweak("b", tweak)
+            .primary_gone()
+            .decide();
+        assert_eq!(primary_of(&d), Some("c"));
+    }
+}
+
+#[test]
+fn no_candidate_changes_nothing() {
+    let c = running().primary_gone();
+    let d = c.decide();
+    let mut want = c.view.status.clone();
+    want.unhealthy_since.insert("a".into(), c.view.now_ms);
+    assert_eq!(
+        d,
+        Decision {
+            next: want,
+            reason: Reason::NoCandidate { uid: "a".into() }
+        }
+    );
+}
+
+#[test]
+fn paused_cluster_takes_no_action() {
+    let c = running()
+        .standby("b", 0x3000)
+        .primary_gone()
+        .spec(|s| s.paused = true);
+    let d = c.decide();
+    assert_eq!(d.next.primary.as_deref(), Some("a"));
+    assert_eq!(d.next.generation, 2);
+    assert_eq!(
+        d.reason,
+        Reason::HealthChanged,
+        "only the health record changes"
+    );
+}
+
+#[test]
+fn promotion_waits_for_every_proxy_to_leave_the_old_primary() {
+    let c = running()
+        .standby("b", 0x3000)
+        .primary_gone()
+        .proxy("p1", 2)
+        .proxy("p2", 2);
+    let d = c.decide();
+    assert_eq!(
+        d.reason,
+        Reason::Deposed {
+            uid: "a".into(),
+            why: "its primary lease is gone".into()
+        }
+    );
+    assert_eq!(
+        (
+            d.next.generation,
+            d.next.primary.as_deref(),
+            d.next.deposed.as_deref()
+        ),
+        (3, None, Some("a"))
+    );
+    // One proxy acknowledged generation 3, the other not yet.
+    let mut c2 = c.status(|s| *s = d.next.clone()).proxy("p1", 3);
+    let d2 = c2.decide();
+    assert_eq!(
+        d2.reason,
+        Reason::WaitingForProxies {
+            ids: vec!["p2".into()]
+        }
+    );
+    assert_eq!(d2.next.generation, 3);
+    // Both did: promote.
+    c2.view.proxies.insert("p2".into(), 3);
+    let d3 = c2.decide();
+    assert_eq!(
+        d3.reason,
+        Reason::Promoted {
+            uid: "b".into(),
+            from: "a".into()
+        }
+    );
+    assert_eq!(d3.next.generation, 4);
+}
+
+#[test]
+fn a_new_leader_continues_a_failover_from_the_status_alone() {
+    // Leader 1 deposed a and stopped (proxy not acked yet); leader 2 starts
+    // from the stored status with the same view and finishes the job.
+    let c = running()
+        .standby("b", 0x3000)
+        .standby("c", 0x1000)
+        .primary_gone()
+        .proxy("p", 2);
+    let deposed = c.decide();
+    assert!(matches!(deposed.reason, Reason::Deposed { .. }));
+    let stored = Status::from_json(&deposed.next.to_json()).unwrap();
+    let leader2 = c.status(|s| *s = stored).proxy("p", 3).decide();
+    assert_eq!(
+        leader2.reason,
+        Reason::Promoted {
+            uid: "b".into(),
+            from: "a".into()
+        }
+    );
+}
+
+#[test]
+fn postgres_down_under_a_live_keeper_fails_over_only_to_a_caught_up_standby() {
+    let down = |r: &mut KeeperReport| {
+        r.healthy = false;
+        r.role = ObservedRole::Stopped;
+        r.current_lsn = None;
+        r.receive_lsn = Some(Lsn(0x3000));
+    };
+    // Caught up: deposed; the keeper still holds the lease, so promotion waits for it.
+    let d = running().standby("b", 0x3000).tweak("a", down).decide();
+    assert_eq!(
+        d.reason,
+        Reason::Deposed {
+            uid: "a".into(),
+            why: "its postgres is down and a caught-up standby exists".into()
+        }
+    );
+    let d2 = running()
+        .standby("b", 0x3000)
+        .tweak("a", down)
+        .status(|s| *s = d.next.clone())
+        .decide();
+    assert_eq!(d2.reason, Reason::WaitingForLease { holder: "a".into() });
+    // Behind: the keeper restarts postgres in place.
+    let d = running().standby("b", 0x1000).tweak("a", down).decide();
+    assert_eq!(d.next.primary.as_deref(), Some("a"));
+    // Policy restart: never fail over while the keeper holds the lease.
+    let d = running()
+        .standby("b", 0x3000)
+        .tweak("a", down)
+        .spec(|s| s.on_postgres_crash = OnPostgresCrash::Restart)
+        .decide();
+    assert_eq!(d.next.primary.as_deref(), Some("a"));
+}
+
+#[test]
+fn healthy_primary_is_left_alone() {
+    let c = running().standby("b", 0x3000);
+    let d = c.decide();
+    assert_eq!(d.next.primary.as_deref(), Some("a"));
+    assert_eq!(d.next.generation, 2);
+}
+
+#[test]
+fn a_new_primary_gets_time_to_take_the_lease_then_is_replaced() {
+    // Just promoted b: no lease yet. Not a failure within promotion_timeout.
+    let c = running()
+        .standby("b", 0x3000)
+        .standby("c", 0x3000)
+        .primary_gone()
+        .decide();
+    assert_eq!(primary_of(&c), Some("b"));
+    let mut view = running()
+        .standby("b", 0x3000)
+        .standby("c", 0x3000)
+        .primary_gone();
+    view.view.status = c.next.clone();
+    view.view.keepers.get_mut("b").unwrap().role = ObservedRole::Standby;
+    view.view.now_ms += 1_000;
+    let d = view.decide();
+    assert_eq!(primary_of(&d), Some("b"));
+    assert_eq!(d.next.generation, c.next.generation);
+    // Once it held the lease, losing it is a failure at once.
+    view.view.primary_lease_holder = Some("b".into());
+    let held = view.decide();
+    assert!(held.next.primary_confirmed);
+    view.view.status = held.next;
+    view.view.primary_lease_holder = None;
+    view.view.keepers.remove("b");
+    assert_eq!(primary_of(&view.decide()), Some("c"));
+    // Never took it: replaced after promotion_timeout.
+    let mut never = running()
+        .standby("b", 0x3000)
+        .standby("c", 0x3000)
+        .primary_gone();
+    never.view.status = c.next.clone();
+    never.view.keepers.remove("b");
+    never.view.now_ms += 29_000;
+    assert_eq!(primary_of(&never.decide()), Some("b"));
+    never.view.now_ms += 2_000;
+    assert_eq!(primary_of(&never.decide()), Some("c"));
 }

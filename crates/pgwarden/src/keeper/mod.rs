@@ -7,6 +7,7 @@
 
 pub mod config;
 mod node;
+mod primary_lease;
 
 use std::time::Duration;
 

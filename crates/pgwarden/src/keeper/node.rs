@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::config::KeeperConfig;
+use super::primary_lease::{PostmasterPid, PrimaryLease};
 use super::TICK;
 use crate::view;
 
@@ -46,7 +48,9 @@ pub struct Node {
     last_error: Option<String>,
     /// A long action is running (initdb, base backup, rewind).
     initializing: bool,
-    primary_lease: Option<LeaseKeeper>,
+    primary_lease: Option<PrimaryLease>,
+    /// The running postmaster's pid, for the fencer (0 when none).
+    postmaster_pid: PostmasterPid,
     warned_store: bool,
 }
 
@@ -70,6 +74,7 @@ impl Node {
             last_error: None,
             initializing: false,
             primary_lease: None,
+            postmaster_pid: PostmasterPid::default(),
             warned_store: false,
         }
     }
@@ -162,10 +167,19 @@ impl Node {
             return Ok(());
         }
         let assignment = status.members.get(&self.cfg.uid).cloned();
+        let wants_primary = matches!(assignment, Some(Assignment::Primary));
+        let holds_primary_lease = wants_primary && self.hold_primary_lease(&spec).await;
         let target = Target {
             assignment: assignment.as_ref(),
             cluster_system_id: status.system_id,
             wanted_slots: wanted_slots(&status, &self.cfg.uid),
+            holds_primary_lease,
+            upstream_is_primary: match &assignment {
+                Some(Assignment::Standby { follow, .. }) => {
+                    status.primary.as_deref() == Some(follow)
+                }
+                _ => true,
+            },
         };
         // Converge within one tick when each step's outcome makes the next
         // one possible (initdb, start, then the replication role), so the
@@ -194,8 +208,13 @@ impl Node {
             self.applied_generation = status.generation;
             self.last_error = None;
         }
-        self.manage_primary_key(&spec, assignment.as_ref(), pg.as_ref())
-            .await;
+        // Give the role up only once postgres cannot accept writes.
+        let writable = self.postmaster.is_some() && !pg.as_ref().is_some_and(|s| s.in_recovery);
+        if !wants_primary && !writable {
+            if let Some(lease) = self.primary_lease.take() {
+                lease.release().await;
+            }
+        }
         self.publish(lease, pg.as_ref()).await;
         match failed {
             Some(e) => Err(e),
@@ -213,6 +232,7 @@ impl Node {
         if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
             tracing::warn!("postgres is not running: {info}");
             self.postmaster = None;
+            self.postmaster_pid.store(0, Ordering::SeqCst);
             self.client = None;
             self.role_ready = false;
         }
@@ -389,6 +409,7 @@ impl Node {
             PgAction::Start => {
                 tracing::info!("postgres: starting");
                 let pm = Postmaster::spawn(&self.bins, &dir, None)?;
+                self.postmaster_pid.store(pm.pid(), Ordering::SeqCst);
                 self.postmaster = Some(pm);
                 self.role_ready = false;
                 self.wait_until_ready().await?;
@@ -398,6 +419,7 @@ impl Node {
                 if let Some(pm) = self.postmaster.take() {
                     pm.stop(STOP_TIMEOUT).await?;
                 }
+                self.postmaster_pid.store(0, Ordering::SeqCst);
                 self.client = None;
             }
             PgAction::Reload => {
@@ -408,7 +430,11 @@ impl Node {
             }
             PgAction::Promote => {
                 tracing::info!("postgres: promoting to primary");
-                self.client().await?.promote().await?;
+                let client = self.client().await?;
+                client.promote().await?;
+                // pg_rewind of the old primary reads the new timeline from
+                // this node's control file, which a checkpoint updates.
+                client.execute("CHECKPOINT").await?;
             }
             PgAction::EnsureReplicationRole => {
                 let (user, password) = (
@@ -512,51 +538,25 @@ impl Node {
         }
     }
 
-    /// Holds the primary key while this node runs as the writable primary.
-    async fn manage_primary_key(
-        &mut self,
-        spec: &Spec,
-        assignment: Option<&Assignment>,
-        pg: Option<&PgStatus>,
-    ) {
-        let serving =
-            matches!(assignment, Some(Assignment::Primary)) && pg.is_some_and(|s| !s.in_recovery);
-        if !serving {
-            if let Some(lease) = self.primary_lease.take() {
-                lease.release().await;
-            }
-            return;
-        }
-        let lease = self.primary_lease.get_or_insert_with(|| {
-            LeaseKeeper::spawn(
-                self.store.clone(),
+    /// Starts the primary lease if needed and tries to hold the key.
+    async fn hold_primary_lease(&mut self, spec: &Spec) -> bool {
+        if self.primary_lease.is_none() {
+            match PrimaryLease::start(
+                &self.store,
+                &self.cfg.uid,
                 spec.primary_lease_ttl.0,
-                CancellationToken::new(),
-            )
-        });
-        let Some(id) = lease.state().borrow().id else {
-            return;
-        };
-        match self
-            .store
-            .create(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id))
-            .await
-        {
-            Ok(Some(_)) => tracing::info!("holding the primary lease"),
-            Ok(None) => {
-                if let Ok(Some(v)) = self.store.get(keys::PRIMARY).await {
-                    if v.value != self.cfg.uid.as_bytes() {
-                        tracing::warn!(holder = %String::from_utf8_lossy(&v.value), "primary lease held by another keeper");
-                    } else if v.lease != id {
-                        // Ours from an earlier lease: move it to the current one.
-                        let _ = self
-                            .store
-                            .put(keys::PRIMARY, self.cfg.uid.clone().into_bytes(), Some(id))
-                            .await;
-                    }
+                self.postmaster_pid.clone(),
+            ) {
+                Ok(l) => self.primary_lease = Some(l),
+                Err(e) => {
+                    self.note_error(format!("start the primary lease: {e:#}"));
+                    return false;
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "cannot write the primary lease"),
+        }
+        match &self.primary_lease {
+            Some(l) => l.try_hold().await,
+            None => false,
         }
     }
 

@@ -1,0 +1,176 @@
+//! The primary lease: the proof that this node may accept writes, and the
+//! self-fencing that keeps that proof honest.
+//!
+//! A keeper starts or promotes postgres as primary only while it holds the
+//! `primary` key under a lease of its own. A dedicated task renews the lease;
+//! a second task, the fencer, watches the locally computed validity
+//! (`valid_until` = send time of the last successful renewal + TTL) and, if no
+//! renewal succeeded by `valid_until - margin`, kills postgres (its whole
+//! process group) *before* etcd can expire the lease and the sentinel can
+//! promote anyone else. The margin absorbs clock-rate drift and scheduling
+//! delay; etcd starts the TTL when it receives the renewal, which is later than
+//! when we sent it, so our deadline is always the earlier one.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pgwarden_core::keys;
+use pgwarden_store::{LeaseKeeper, LeaseState, Store, StoreOptions};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The pid of the running postmaster (0 when none), shared with the fencer.
+pub type PostmasterPid = Arc<AtomicU32>;
+
+/// This keeper's claim on the primary role.
+#[derive(Debug)]
+pub struct PrimaryLease {
+    store: Store,
+    uid: String,
+    lease: LeaseKeeper,
+    fencer: CancellationToken,
+}
+
+impl PrimaryLease {
+    /// Starts renewing a lease of `ttl` and fencing on its behalf. The key is
+    /// not written until [`PrimaryLease::try_hold`].
+    pub fn start(
+        store: &Store,
+        uid: &str,
+        ttl: Duration,
+        postmaster: PostmasterPid,
+    ) -> anyhow::Result<Self> {
+        // A renewal must fail over to another endpoint well within the
+        // margin, so this lease gets its own client with short timeouts.
+        let options = StoreOptions {
+            request_timeout: ttl / 6,
+            connect_timeout: ttl / 6,
+        };
+        let store = Store::new(store.endpoints(), store.cluster(), options)?;
+        let lease = LeaseKeeper::spawn(store.clone(), ttl, CancellationToken::new());
+        let fencer = CancellationToken::new();
+        tokio::spawn(fence(lease.state(), ttl / 3, postmaster, fencer.clone()));
+        Ok(PrimaryLease {
+            store,
+            uid: uid.to_string(),
+            lease,
+            fencer,
+        })
+    }
+
+    /// Makes sure the `primary` key names this keeper under the current,
+    /// locally valid lease. True when it does.
+    pub async fn try_hold(&self) -> bool {
+        let state = *self.lease.state().borrow();
+        let Some(id) = state.valid_at(Instant::now()) else {
+            return false;
+        };
+        let me = self.uid.as_bytes().to_vec();
+        match self.store.create(keys::PRIMARY, me.clone(), Some(id)).await {
+            Ok(Some(_)) => {
+                tracing::info!("holding the primary lease");
+                true
+            }
+            Ok(None) => match self.store.get(keys::PRIMARY).await {
+                Ok(Some(v)) if v.value == me && v.lease == id => true,
+                Ok(Some(v)) if v.value == me => {
+                    // Ours under an older lease of a previous run of this
+                    // keeper: move it to the current lease, atomically.
+                    matches!(
+                        self.store
+                            .cas(keys::PRIMARY, me, v.mod_revision, &[], Some(id))
+                            .await,
+                        Ok(pgwarden_store::CasOutcome::Written { .. })
+                    )
+                }
+                Ok(Some(v)) => {
+                    tracing::debug!(holder = %String::from_utf8_lossy(&v.value), "primary lease held by another keeper");
+                    false
+                }
+                _ => false,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot write the primary key");
+                false
+            }
+        }
+    }
+
+    /// Gives the role up: deletes the key if it is ours and revokes the lease.
+    /// Call only once postgres no longer accepts writes.
+    pub async fn release(self) {
+        self.fencer.cancel();
+        if let Some(id) = self.lease.state().borrow().id {
+            let _ = self.store.delete_if_lease(keys::PRIMARY, id).await;
+        }
+        self.lease.release().await;
+        tracing::info!("primary lease released");
+    }
+}
+
+/// Kills postgres when the lease can no longer be proven valid `margin` before
+/// it could expire on the server.
+async fn fence(
+    mut state: watch::Receiver<LeaseState>,
+    margin: Duration,
+    postmaster: PostmasterPid,
+    stop: CancellationToken,
+) {
+    let mut ever_valid = false;
+    loop {
+        let current = *state.borrow_and_update();
+        let deadline = match current.valid_until {
+            Some(until) => {
+                ever_valid = true;
+                Some(until.checked_sub(margin).unwrap_or(until))
+            }
+            // Lost after having held it: the deadline has passed.
+            None if ever_valid => Some(Instant::now()),
+            None => None,
+        };
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = state.changed() => {
+                if changed.is_err() {
+                    // The renewal task is gone: nothing renews any more.
+                    kill_postmaster(&postmaster, "the lease renewal task stopped");
+                    return;
+                }
+            }
+            _ = expired => {
+                kill_postmaster(&postmaster, "the primary lease could not be renewed in time");
+                // Wait for a renewal (or a new lease) before arming again.
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn kill_postmaster(postmaster: &PostmasterPid, why: &str) {
+    let pid = postmaster.load(Ordering::SeqCst);
+    if pid == 0 {
+        return;
+    }
+    let Ok(pid) = i32::try_from(pid) else { return };
+    // The postmaster leads its own process group: kill backends with it so
+    // no session keeps writing.
+    match kill(Pid::from_raw(-pid), Signal::SIGKILL) {
+        Ok(()) => tracing::error!(
+            pid,
+            "fenced: postgres killed because {why}; it must not accept writes without the lease"
+        ),
+        Err(e) => tracing::error!(pid, error = %e, "fencing: could not kill postgres ({why})"),
+    }
+}
