@@ -20,6 +20,8 @@ use tracing::{debug, warn};
 
 /// How long [`EtcdServer::start`] waits for etcd to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// etcd's data directory, inside the directory given to `start`.
+const DATA_DIR: &str = "data";
 /// How long a stop waits after SIGTERM before sending SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,6 +106,35 @@ impl EtcdServer {
     ) -> Result<EtcdServer, EtcdServerError> {
         let binary = find_on_path("etcd").ok_or(EtcdServerError::NotInstalled)?;
         Self::start_with(&binary, dir, client_port, peer_port).await
+    }
+
+    /// Starts etcd on two ports picked with [`free_port`], retrying with other
+    /// ports (up to 5 attempts) when another process grabbed one of them
+    /// between picking and binding, as happens when tests run in parallel.
+    /// Retries only when `dir` holds no etcd data yet, since a failed attempt's
+    /// partial data is deleted.
+    pub async fn start_on_free_ports(dir: &Path) -> Result<EtcdServer, EtcdServerError> {
+        let fresh = !dir.join(DATA_DIR).exists();
+        let mut attempt = 1;
+        loop {
+            let client_port = free_port();
+            let peer_port = loop {
+                let port = free_port();
+                if port != client_port {
+                    break port;
+                }
+            };
+            match Self::start(dir, client_port, peer_port).await {
+                Err(e @ (EtcdServerError::PortInUse { .. } | EtcdServerError::Exited { .. }))
+                    if fresh && attempt < 5 =>
+                {
+                    debug!(error = %e, attempt, "etcd did not start; trying other ports");
+                    let _ = std::fs::remove_dir_all(dir.join(DATA_DIR));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Like [`EtcdServer::start`] with an explicit etcd binary.
@@ -204,7 +235,7 @@ impl EtcdServer {
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.binary)
             .arg("--name=pgwarden")
-            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--data-dir={}", self.dir.join(DATA_DIR).display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))

@@ -35,6 +35,10 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP keep-alive, for the same reason at the socket level.
 const TCP_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
+/// How much later than our own per-attempt timeout the client library's
+/// per-request timeout fires.
+const TIMEOUT_BACKSTOP_MARGIN: Duration = Duration::from_millis(250);
+
 /// The per-endpoint clients and the index of the endpoint that last worked.
 pub(crate) struct Pool {
     slots: Vec<Slot>,
@@ -87,8 +91,9 @@ impl Pool {
 
     /// Runs `attempt` against one endpoint after another, starting at the one
     /// that last worked, until it succeeds, fails with an answer from etcd
-    /// (returned at once as [`StoreError::Etcd`], or whatever `map_err`
-    /// makes of it), or every endpoint has failed at the transport level.
+    /// (returned at once as [`StoreError::Etcd`]: another endpoint would
+    /// answer the same), or every endpoint has failed at the transport level
+    /// or timed out ([`StoreError::Unreachable`] / [`StoreError::Timeout`]).
     pub(crate) async fn run<T, F, Fut>(
         &self,
         op: &'static str,
@@ -152,7 +157,9 @@ impl Pool {
             .get_or_try_init(|| async {
                 let options = ConnectOptions::new()
                     .with_connect_timeout(self.options.connect_timeout)
-                    .with_timeout(self.options.request_timeout)
+                    // A backstop only: `run` times each attempt itself, so
+                    // that an attempt which timed out is reported as such.
+                    .with_timeout(self.options.request_timeout + TIMEOUT_BACKSTOP_MARGIN)
                     .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
                     .with_keep_alive_while_idle(false)
                     .with_tcp_keepalive(TCP_KEEP_ALIVE)

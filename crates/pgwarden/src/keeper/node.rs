@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgwarden_core::plan::{DataState, Target};
+use pgwarden_core::spec::OnPostgresCrash;
 use pgwarden_core::{
     keys, plan, Assignment, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
 };
@@ -33,6 +34,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Plan-execute rounds per tick before the tick gives way.
 const MAX_PLAN_ROUNDS: usize = 4;
+/// How long a keeper whose primary postgres crashed waits for the sentinel's
+/// verdict before restarting it in place. The sentinel reacts to the report
+/// within milliseconds; this bounds the outage when no standby is eligible.
+const CRASH_VERDICT_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Node {
     cfg: KeeperConfig,
@@ -49,6 +54,11 @@ pub struct Node {
     /// A long action is running (initdb, base backup, rewind).
     initializing: bool,
     primary_lease: Option<PrimaryLease>,
+    /// When postgres last died without being asked to.
+    crashed_at: Option<tokio::time::Instant>,
+    /// The last position and timeline postgres reported, kept for the report
+    /// while it is down: the sentinel compares standbys against it.
+    last_position: Option<(pgwarden_core::Lsn, u32)>,
     /// The running postmaster's pid, for the fencer (0 when none).
     postmaster_pid: PostmasterPid,
     warned_store: bool,
@@ -74,6 +84,8 @@ impl Node {
             last_error: None,
             initializing: false,
             primary_lease: None,
+            crashed_at: None,
+            last_position: None,
             postmaster_pid: PostmasterPid::default(),
             warned_store: false,
         }
@@ -185,6 +197,12 @@ impl Node {
         // one possible (initdb, start, then the replication role), so the
         // node is never published as a ready primary half-way through.
         let mut obs = self.observe(&spec, &status, assignment.as_ref()).await?;
+        if wants_primary && self.awaiting_crash_verdict(&spec, &obs) {
+            // Let the sentinel see postgres down and fail over to a
+            // caught-up standby if there is one; restart in place otherwise.
+            self.publish(lease, None).await;
+            return Ok(());
+        }
         let mut failed = None;
         for _ in 0..MAX_PLAN_ROUNDS {
             let actions = plan(&target, &obs.plan_input)?;
@@ -231,6 +249,7 @@ impl Node {
     ) -> anyhow::Result<Observation> {
         if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
             tracing::warn!("postgres is not running: {info}");
+            self.crashed_at = Some(tokio::time::Instant::now());
             self.postmaster = None;
             self.postmaster_pid.store(0, Ordering::SeqCst);
             self.client = None;
@@ -287,16 +306,25 @@ impl Node {
 
     /// Queries postgres over a cached connection, reconnecting once.
     async fn probe(&mut self) -> Option<PgStatus> {
+        let status = self.query_status().await?;
+        let position = status
+            .current_lsn
+            .or(status.receive_lsn.max(status.replay_lsn));
+        if let Some(lsn) = position {
+            self.last_position = Some((lsn, status.timeline));
+        }
+        Some(status)
+    }
+
+    async fn query_status(&mut self) -> Option<PgStatus> {
         if let Some(c) = &self.client {
             if let Ok(s) = c.status().await {
                 return Some(s);
             }
             self.client = None;
         }
-        let client =
-            PgClient::connect(&self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port))
-                .await
-                .ok()?;
+        let params = self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port);
+        let client = PgClient::connect(&params).await.ok()?;
         let status = client.status().await.ok()?;
         self.client = Some(client);
         Some(status)
@@ -411,6 +439,7 @@ impl Node {
                 let pm = Postmaster::spawn(&self.bins, &dir, None)?;
                 self.postmaster_pid.store(pm.pid(), Ordering::SeqCst);
                 self.postmaster = Some(pm);
+                self.crashed_at = None;
                 self.role_ready = false;
                 self.wait_until_ready().await?;
             }
@@ -538,6 +567,17 @@ impl Node {
         }
     }
 
+    /// After postgres crashed on a primary, the keeper waits up to
+    /// CRASH_VERDICT_WAIT before restarting it, so that the sentinel can fail
+    /// over (spec `on_postgres_crash = failover`).
+    fn awaiting_crash_verdict(&self, spec: &Spec, obs: &Observation) -> bool {
+        spec.on_postgres_crash == OnPostgresCrash::Failover
+            && !obs.plan_input.running
+            && self
+                .crashed_at
+                .is_some_and(|t| t.elapsed() < CRASH_VERDICT_WAIT)
+    }
+
     /// Starts the primary lease if needed and tries to hold the key.
     async fn hold_primary_lease(&mut self, spec: &Spec) -> bool {
         if self.primary_lease.is_none() {
@@ -593,6 +633,10 @@ impl Node {
         } else {
             ObservedRole::Stopped
         };
+        if let Some((lsn, timeline)) = self.last_position {
+            r.current_lsn = Some(lsn);
+            r.timeline = timeline;
+        }
         if let Some(s) = pg {
             r.healthy = true;
             r.role = if s.in_recovery {

@@ -29,7 +29,7 @@ pub fn init_tracing() {
 pub async fn start_etcd() -> TestEtcd {
     init_tracing();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let server = EtcdServer::start(dir.path(), free_port(), free_port())
+    let server = EtcdServer::start_on_free_ports(dir.path())
         .await
         .expect("start etcd");
     TestEtcd { server, dir }
