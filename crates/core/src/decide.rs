@@ -175,23 +175,23 @@ pub fn decide(view: &ClusterView) -> Decision {
     let reason = match next.primary.clone() {
         None if next.deposed.is_some() => promote(&mut next, view),
         None => choose_first_primary(&mut next, view),
-        Some(primary) => match {
+        Some(primary) => {
             if view.primary_lease_holder.as_deref() == Some(primary.as_str()) {
                 next.primary_confirmed = true;
             }
-            check_primary(&mut next, view, &primary)
-        } {
-            Some(Reason::Deposed { uid, why }) => match promote(&mut next, view) {
-                promoted @ Reason::Promoted { .. } => promoted,
-                _ => Reason::Deposed { uid, why },
-            },
-            Some(other) => other,
-            None => {
-                let recorded = record_primary_identity(&mut next, view, &primary);
-                let assigned = assign_standbys(&mut next, view, &primary);
-                assigned.or(recorded).unwrap_or(Reason::Unchanged)
+            match check_primary(&mut next, view, &primary) {
+                Some(Reason::Deposed { uid, why }) => match promote(&mut next, view) {
+                    promoted @ Reason::Promoted { .. } => promoted,
+                    _ => Reason::Deposed { uid, why },
+                },
+                Some(other) => other,
+                None => {
+                    let recorded = record_primary_identity(&mut next, view, &primary);
+                    let assigned = assign_standbys(&mut next, view, &primary);
+                    assigned.or(recorded).unwrap_or(Reason::Unchanged)
+                }
             }
-        },
+        }
     };
     let health_changed = track_health(&mut next, view);
     let reason = match reason {
