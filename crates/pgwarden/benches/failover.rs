@@ -25,35 +25,58 @@ async fn one_run() -> Duration {
     let status = c.wait_converged(2, Duration::from_secs(120)).await;
     let primary = status["primary"].as_str().unwrap().to_string();
     let p = connect(c.port_of(&primary)).await.unwrap();
-    p.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)").await.unwrap();
+    p.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     // Let the standbys catch up and the cluster settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid_text = std::fs::read_to_string(c.keepers[&primary].data_dir.join("postmaster.pid")).unwrap();
+    let pid_text =
+        std::fs::read_to_string(c.keepers[&primary].data_dir.join("postmaster.pid")).unwrap();
     let pm: i32 = pid_text.lines().next().unwrap().trim().parse().unwrap();
     let t0 = Instant::now();
     kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
     c.stop(&primary, Signal::SIGKILL);
-    let others: Vec<u16> = c.keepers.iter().filter(|(u, _)| **u != primary).map(|(_, k)| k.pg_port).collect();
+    let others: Vec<u16> = c
+        .keepers
+        .iter()
+        .filter(|(u, _)| **u != primary)
+        .map(|(_, k)| k.pg_port)
+        .collect();
     loop {
         for port in &others {
-            if let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_millis(200), connect(*port)).await {
+            if let Ok(Ok(cl)) =
+                tokio::time::timeout(Duration::from_millis(200), connect(*port)).await
+            {
                 if cl.batch_execute("INSERT INTO t VALUES (2)").await.is_ok() {
                     return t0.elapsed();
                 }
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "no failover within 120 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no failover within 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn main() {
-    let runs: usize = std::env::var("PGWARDEN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runs: usize = std::env::var("PGWARDEN_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut times = Vec::new();
     for i in 1..=runs {
         let t = rt.block_on(one_run());
-        println!("run {i}: host-loss failover, first write accepted after {:.2} s", t.as_secs_f64());
+        println!(
+            "run {i}: host-loss failover, first write accepted after {:.2} s",
+            t.as_secs_f64()
+        );
         times.push(t);
     }
     times.sort();
