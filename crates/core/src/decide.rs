@@ -48,7 +48,7 @@ pub struct ClusterView {
 
 /// Why the status changed, or did not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Reason {
     /// Nothing to do.
     Unchanged,
@@ -110,6 +110,33 @@ pub enum Reason {
         /// The failed primary.
         uid: String,
     },
+    /// An operator request was refused.
+    RequestRefused {
+        /// The request id.
+        id: u64,
+        /// Why.
+        why: String,
+    },
+    /// A switchover or manual failover started: the primary is deposed.
+    RoleChangeStarted {
+        /// switchover or failover.
+        kind: String,
+        /// The primary handing over, if there was one.
+        from: Option<String>,
+        /// The node to promote.
+        to: String,
+    },
+    /// Switchover: waiting until the target has received all the old
+    /// primary wrote.
+    WaitingForCatchUp {
+        /// The target.
+        uid: String,
+    },
+    /// Nobody could take over; the deposed primary is primary again.
+    Reinstated {
+        /// The node.
+        uid: String,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -149,6 +176,20 @@ impl fmt::Display for Reason {
                 f,
                 "primary {uid} failed and no standby is eligible: waiting"
             ),
+            Reason::RequestRefused { id, why } => write!(f, "request {id} refused: {why}"),
+            Reason::RoleChangeStarted { kind, from, to } => {
+                write!(
+                    f,
+                    "{kind} from {} to {to} started",
+                    from.as_deref().unwrap_or("(no primary)")
+                )
+            }
+            Reason::WaitingForCatchUp { uid } => {
+                write!(f, "waiting for {uid} to receive all the old primary wrote")
+            }
+            Reason::Reinstated { uid } => {
+                write!(f, "{uid} reinstated as primary: no standby could take over")
+            }
         }
     }
 }
@@ -172,6 +213,7 @@ impl Decision {
 /// Decides the next status. Pure: same view, same decision.
 pub fn decide(view: &ClusterView) -> Decision {
     let mut next = view.status.clone();
+    let request = requests::handle_request(&mut next, view);
     let reason = match next.primary.clone() {
         None if next.deposed.is_some() => promote(&mut next, view),
         None => choose_first_primary(&mut next, view),
@@ -192,6 +234,16 @@ pub fn decide(view: &ClusterView) -> Decision {
                 }
             }
         }
+    };
+    let reason = match (request, reason) {
+        (
+            Some(started @ Reason::RoleChangeStarted { .. }),
+            Reason::WaitingForCatchUp { .. }
+            | Reason::WaitingForLease { .. }
+            | Reason::WaitingForProxies { .. },
+        ) => started,
+        (Some(req), Reason::Unchanged) => req,
+        (_, r) => r,
     };
     let health_changed = track_health(&mut next, view);
     let reason = match reason {
@@ -320,161 +372,10 @@ fn assign_standbys(next: &mut Status, view: &ClusterView, primary: &str) -> Opti
     Some(Reason::AssignedStandbys { uids: changed })
 }
 
-/// Whether the primary has failed; if so, deposes it (step 1).
-///
-/// Nothing happens before the cluster's data exists (the first primary is
-/// still being created) or while the operator has paused the cluster.
-fn check_primary(next: &mut Status, view: &ClusterView, primary: &str) -> Option<Reason> {
-    next.system_id?;
-    if view.spec.paused {
-        return None;
-    }
-    let report = view.keepers.get(primary);
-    let lease_held = view.primary_lease_holder.as_deref() == Some(primary);
-    let settling = !next.primary_confirmed
-        && view.now_ms.saturating_sub(next.primary_since_ms)
-            < view.spec.promotion_timeout.as_millis();
-    if settling {
-        // Named but not yet holding the lease (initdb, crash recovery or
-        // promotion under way): it has promotion_timeout to get there.
-        return None;
-    }
-    // Postgres not answering under a live keeper that still holds the lease
-    // (a promotion in progress answers, as a standby, and is not "down").
-    let postgres_down = lease_held && report.is_some_and(|r| !r.healthy);
-    let why = if !lease_held {
-        "its primary lease is gone".to_string()
-    } else if postgres_down && view.spec.on_postgres_crash == OnPostgresCrash::Failover {
-        // Fail over only to a standby that is caught up; otherwise the
-        // keeper restarts postgres in place.
-        let candidate = best_candidate(next, view, primary)?;
-        if candidate.lag > 0 {
-            return None;
-        }
-        "its postgres is down and a caught-up standby exists".to_string()
-    } else {
-        return None;
-    };
-    let Some(candidate) = best_candidate(next, view, primary) else {
-        return Some(Reason::NoCandidate {
-            uid: primary.to_string(),
-        });
-    };
-    next.generation += 1;
-    next.primary = None;
-    next.primary_confirmed = false;
-    next.deposed = Some(primary.to_string());
-    next.members.insert(
-        primary.to_string(),
-        Assignment::Standby {
-            follow: candidate.uid.clone(),
-            host: candidate.host,
-            port: candidate.port,
-        },
-    );
-    Some(Reason::Deposed {
-        uid: primary.to_string(),
-        why,
-    })
-}
+mod failover;
+mod requests;
 
-/// A standby eligible for promotion.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Candidate {
-    uid: String,
-    host: String,
-    port: u16,
-    /// Bytes behind the most advanced position any live node reported.
-    lag: u64,
-}
-
-/// The best standby to promote, by the rules of invariant 3: assigned
-/// standby, healthy, streaming-capable report, on the cluster's timeline, not
-/// tagged nofailover, within `max_lag_bytes` of the most advanced position any
-/// live keeper reported (the old primary's last report included, when it is
-/// still there). The most advanced by received LSN wins; ties go to the higher
-/// replayed LSN, then to the smallest uid.
-fn best_candidate(status: &Status, view: &ClusterView, exclude: &str) -> Option<Candidate> {
-    let most_advanced = view
-        .keepers
-        .values()
-        .filter_map(|r| r.received_lsn())
-        .max()
-        .unwrap_or_default();
-    view.keepers
-        .values()
-        .filter(|r| {
-            r.uid != exclude
-                && usable(r)
-                && r.healthy
-                && r.role == ObservedRole::Standby
-                && !r.nofailover
-                && (status.timeline == 0 || r.timeline == status.timeline)
-                && r.system_id.is_some_and(|sid| Some(sid) == status.system_id)
-                && matches!(status.members.get(&r.uid), Some(Assignment::Standby { .. }))
-        })
-        .filter_map(|r| {
-            let lag = r.received_lsn()?.lag_behind(most_advanced);
-            (lag <= view.spec.max_lag_bytes).then_some((r, lag))
-        })
-        .max_by(|(a, _), (b, _)| {
-            (a.received_lsn(), a.replay_lsn, std::cmp::Reverse(&a.uid)).cmp(&(
-                b.received_lsn(),
-                b.replay_lsn,
-                std::cmp::Reverse(&b.uid),
-            ))
-        })
-        .map(|(r, lag)| Candidate {
-            uid: r.uid.clone(),
-            host: r.pg_host.clone(),
-            port: r.pg_port,
-            lag,
-        })
-}
-
-/// Step 2: promotes the best candidate once the deposed primary is proven
-/// gone: nobody holds the primary lease and every live proxy has applied the
-/// current (deposing) generation.
-fn promote(next: &mut Status, view: &ClusterView) -> Reason {
-    let deposed = next.deposed.clone().unwrap_or_default();
-    if let Some(holder) = &view.primary_lease_holder {
-        return Reason::WaitingForLease {
-            holder: holder.clone(),
-        };
-    }
-    let lagging: Vec<String> = view
-        .proxies
-        .iter()
-        .filter(|(_, g)| **g < next.generation)
-        .map(|(id, _)| id.clone())
-        .collect();
-    if !lagging.is_empty() {
-        return Reason::WaitingForProxies { ids: lagging };
-    }
-    let Some(c) = best_candidate(next, view, &deposed) else {
-        return Reason::NoCandidate { uid: deposed };
-    };
-    next.generation += 1;
-    next.primary = Some(c.uid.clone());
-    next.primary_confirmed = false;
-    next.primary_since_ms = view.now_ms;
-    next.deposed = None;
-    for (uid, a) in next.members.iter_mut() {
-        *a = if *uid == c.uid {
-            Assignment::Primary
-        } else {
-            Assignment::Standby {
-                follow: c.uid.clone(),
-                host: c.host.clone(),
-                port: c.port,
-            }
-        };
-    }
-    Reason::Promoted {
-        uid: c.uid,
-        from: deposed,
-    }
-}
+use failover::{check_primary, promote};
 
 #[cfg(test)]
 mod tests;

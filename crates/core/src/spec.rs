@@ -75,6 +75,32 @@ pub struct Spec {
     pub pg_parameters: BTreeMap<String, String>,
     /// Extra pg_hba.conf lines, placed before pgwarden's defaults.
     pub pg_hba: Vec<String>,
+    /// The operator's latest switchover or manual failover request; the
+    /// sentinel carries out each id once (status.handled_request).
+    pub request: Option<RoleRequest>,
+}
+
+/// Which role change an operator asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Planned: the primary is healthy; hand over with no write lost.
+    Switchover,
+    /// The primary is gone: promote this node.
+    Failover,
+}
+
+/// A switchover or manual failover request written by `ctl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRequest {
+    /// Unique and increasing (ctl uses the wall-clock milliseconds).
+    pub id: u64,
+    /// Switchover or failover.
+    pub kind: RequestKind,
+    /// The node to promote; `None` lets the sentinel choose (switchover only).
+    pub to: Option<String>,
+    /// Accept a target that could lose acknowledged writes.
+    pub force: bool,
 }
 
 impl Default for Spec {
@@ -92,6 +118,7 @@ impl Default for Spec {
             reclone_on_rewind_failure: true,
             pg_parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
+            request: None,
         }
     }
 }

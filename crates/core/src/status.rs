@@ -70,10 +70,20 @@ pub struct Status {
     /// gone (its primary lease released or expired, every proxy past it)
     /// before anyone is promoted.
     pub deposed: Option<String>,
+    /// During a switchover or manual failover: the node to promote.
+    pub target: Option<String>,
+    /// The target was forced (`ctl failover --force`): promote it even if
+    /// behind.
+    pub target_forced: bool,
+    /// The id of the last operator request carried out or refused.
+    pub handled_request: u64,
+    /// What became of it, for `ctl`.
+    pub request_outcome: Option<String>,
     /// The primary has held the primary lease since it was named. Until it
     /// has, a missing lease means "not there yet", not "failed".
     pub primary_confirmed: bool,
-    /// When the current primary was named (ms since epoch).
+    /// When the current primary was named or, during a failover, when the
+    /// old one was deposed (ms since epoch).
     pub primary_since_ms: u64,
     /// Since when (ms since epoch) a member has been seen unhealthy.
     pub unhealthy_since: BTreeMap<String, u64>,
@@ -91,6 +101,10 @@ impl Default for Status {
             timeline: 0,
             members: BTreeMap::new(),
             deposed: None,
+            target: None,
+            target_forced: false,
+            handled_request: 0,
+            request_outcome: None,
             primary_confirmed: false,
             primary_since_ms: 0,
             unhealthy_since: BTreeMap::new(),

@@ -715,3 +715,284 @@ fn a_new_primary_gets_time_to_take_the_lease_then_is_replaced() {
     never.view.now_ms += 2_000;
     assert_eq!(primary_of(&never.decide()), Some("c"));
 }
+
+mod requests {
+    use super::*;
+    use crate::spec::{RequestKind, RoleRequest};
+
+    fn request(kind: RequestKind, to: Option<&'static str>, force: bool) -> impl FnOnce(&mut Spec) {
+        let to = to.map(str::to_string);
+        move |s: &mut Spec| {
+            s.request = Some(RoleRequest {
+                id: 7,
+                kind,
+                to,
+                force,
+            })
+        }
+    }
+
+    fn switchover(to: Option<&'static str>) -> impl FnOnce(&mut Spec) {
+        request(RequestKind::Switchover, to, false)
+    }
+
+    /// After the old primary `a` stopped cleanly at `end`.
+    fn a_stopped_at(end: u64) -> impl FnOnce(&mut KeeperReport) {
+        move |r: &mut KeeperReport| {
+            r.role = ObservedRole::Stopped;
+            r.healthy = false;
+            r.current_lsn = Some(Lsn(end));
+        }
+    }
+
+    #[test]
+    fn switchover_deposes_waits_for_catch_up_then_promotes_the_target() {
+        let c = running()
+            .standby("b", 0x3000000)
+            .standby("c", 0x3000000)
+            .spec(switchover(Some("c")));
+        let d = c.decide();
+        assert_eq!(
+            d.reason,
+            Reason::RoleChangeStarted {
+                kind: "switchover".into(),
+                from: Some("a".into()),
+                to: "c".into()
+            }
+        );
+        assert_eq!(
+            (
+                d.next.generation,
+                d.next.primary.as_deref(),
+                d.next.deposed.as_deref()
+            ),
+            (3, None, Some("a"))
+        );
+        assert_eq!(d.next.target.as_deref(), Some("c"));
+        assert_eq!(d.next.handled_request, 7);
+        assert_eq!(
+            d.next.members["a"],
+            Assignment::Standby {
+                follow: "c".into(),
+                host: "host-c".into(),
+                port: 5432
+            }
+        );
+        // The old primary still runs and holds the lease: wait.
+        let step = |s: &Status| {
+            running()
+                .standby("b", 0x3000000)
+                .standby("c", 0x3000000)
+                .spec(switchover(Some("c")))
+                .status(|x| *x = s.clone())
+        };
+        let d2 = step(&d.next).decide();
+        assert_eq!(d2.reason, Reason::WaitingForLease { holder: "a".into() });
+        // Stopped at 0x3100 (its shutdown checkpoint), lease released; c has only 0x3000.
+        let mut c3 = step(&d.next).tweak("a", a_stopped_at(0x3000100));
+        c3.view.primary_lease_holder = None;
+        assert_eq!(
+            c3.decide().reason,
+            Reason::WaitingForCatchUp { uid: "c".into() }
+        );
+        // c received past it: promoted, and the request is reported done.
+        let d4 = c3
+            .tweak("c", |r| r.receive_lsn = Some(Lsn(0x3000200)))
+            .decide();
+        assert_eq!(
+            d4.reason,
+            Reason::Promoted {
+                uid: "c".into(),
+                from: "a".into()
+            }
+        );
+        assert_eq!(d4.next.primary.as_deref(), Some("c"));
+        assert_eq!(
+            d4.next.request_outcome.as_deref(),
+            Some("done: c is primary (was a)")
+        );
+        assert_eq!(d4.next.target, None);
+    }
+
+    #[test]
+    fn a_request_is_carried_out_once() {
+        let c = running().standby("b", 0x3000000).spec(switchover(None));
+        let mut done = c.status(|s| s.handled_request = 7);
+        let d = done.decide();
+        assert_eq!(d.next.primary.as_deref(), Some("a"));
+        done.view.spec.request.as_mut().unwrap().id = 8;
+        assert!(matches!(
+            done.decide().reason,
+            Reason::RoleChangeStarted { .. }
+        ));
+    }
+
+    #[test]
+    fn switchover_without_a_target_picks_the_best_standby() {
+        let d = running()
+            .standby("b", 0x2FFF000)
+            .standby("c", 0x3000000)
+            .spec(switchover(None))
+            .decide();
+        assert!(
+            matches!(&d.reason, Reason::RoleChangeStarted { to, .. } if to == "c"),
+            "{:?}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn bad_switchovers_are_refused_with_a_reason_and_change_no_role() {
+        let cases: Vec<(Cluster, &str)> = vec![
+            (
+                running()
+                    .standby("b", 0x3000000)
+                    .spec(switchover(Some("zz"))),
+                "zz is not a standby of this cluster",
+            ),
+            (
+                running()
+                    .standby("b", 0x3000000)
+                    .spec(switchover(Some("a"))),
+                "a is already the primary",
+            ),
+            (
+                running()
+                    .standby("b", 0x3000000)
+                    .tweak("b", |r| r.healthy = false)
+                    .spec(switchover(Some("b"))),
+                "b is not a healthy standby",
+            ),
+            (
+                running()
+                    .standby("b", 0x3000000)
+                    .standby("c", 0x2FFD000)
+                    .spec(|s| s.max_lag_bytes = 0x100)
+                    .spec(switchover(Some("c"))),
+                "c is 12288 bytes behind",
+            ),
+            (
+                running()
+                    .standby("b", 0x3000000)
+                    .primary_gone()
+                    .spec(|s| s.paused = true)
+                    .spec(switchover(Some("b"))),
+                "no healthy primary",
+            ),
+            (
+                running()
+                    .standby("b", 0x3000000)
+                    .status(|s| s.deposed = Some("x".into()))
+                    .spec(switchover(Some("b"))),
+                "a failover is in progress",
+            ),
+        ];
+        for (c, want) in cases {
+            let d = c.decide();
+            let outcome = d.next.request_outcome.clone().unwrap_or_default();
+            assert!(
+                outcome.starts_with("refused: ") && outcome.contains(want),
+                "{outcome:?} lacks {want:?}"
+            );
+            assert!(
+                matches!(d.reason, Reason::RequestRefused { id: 7, .. }),
+                "{:?}",
+                d.reason
+            );
+            assert_eq!(d.next.members, c.view.status.members);
+            assert_eq!(d.next.handled_request, 7);
+        }
+    }
+
+    #[test]
+    fn switchover_works_while_paused() {
+        let d = running()
+            .standby("b", 0x3000000)
+            .spec(|s| s.paused = true)
+            .spec(switchover(Some("b")))
+            .decide();
+        assert!(matches!(d.reason, Reason::RoleChangeStarted { .. }));
+    }
+
+    #[test]
+    fn manual_failover_refuses_a_healthy_primary_and_a_lagging_target_unless_forced() {
+        let d = running()
+            .standby("b", 0x3000000)
+            .spec(request(RequestKind::Failover, Some("b"), false))
+            .decide();
+        assert!(d
+            .next
+            .request_outcome
+            .unwrap()
+            .contains("primary a is healthy: use `pgwarden ctl switchover`"));
+        // Primary gone and paused: the operator picks a node that is behind.
+        let behind = || {
+            running()
+                .standby("b", 0x3000000)
+                .standby("c", 0x2FFE000)
+                .spec(|s| {
+                    s.paused = true;
+                    s.max_lag_bytes = 0x100;
+                })
+                .primary_gone()
+        };
+        let d = behind()
+            .spec(request(RequestKind::Failover, Some("c"), false))
+            .decide();
+        assert!(d
+            .next
+            .request_outcome
+            .unwrap()
+            .contains("c is 8192 bytes behind"));
+        let d = behind()
+            .spec(request(RequestKind::Failover, Some("c"), true))
+            .decide();
+        assert_eq!(
+            d.reason,
+            Reason::Promoted {
+                uid: "c".into(),
+                from: "a".into()
+            }
+        );
+        assert_eq!(
+            d.next.request_outcome.as_deref(),
+            Some("done: c is primary (was a)")
+        );
+    }
+
+    #[test]
+    fn a_target_that_dies_mid_switchover_yields_to_another_or_the_old_primary() {
+        let started = running()
+            .standby("b", 0x3000000)
+            .standby("c", 0x3000000)
+            .spec(switchover(Some("c")))
+            .decide()
+            .next;
+        // c is gone, b is fine: b is promoted.
+        let mut c = running()
+            .standby("b", 0x3000100)
+            .tweak("a", a_stopped_at(0x3000000))
+            .status(|s| *s = started.clone());
+        c.view.primary_lease_holder = None;
+        assert_eq!(
+            c.decide().reason,
+            Reason::Promoted {
+                uid: "b".into(),
+                from: "a".into()
+            }
+        );
+        // Nobody else: the old primary is reinstated.
+        let mut c = running()
+            .tweak("a", a_stopped_at(0x3000000))
+            .status(|s| *s = started.clone());
+        c.view.primary_lease_holder = None;
+        let d = c.decide();
+        assert_eq!(d.reason, Reason::Reinstated { uid: "a".into() });
+        assert_eq!(d.next.primary.as_deref(), Some("a"));
+        assert!(d
+            .next
+            .request_outcome
+            .unwrap()
+            .starts_with("failed: c could not take over"));
+    }
+}

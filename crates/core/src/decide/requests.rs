@@ -1,0 +1,151 @@
+//! Operator requests: `ctl switchover` and `ctl failover --to` only write a
+//! request into the spec; this is the one code path that carries them out,
+//! through the same two steps as an automatic failover (depose, then
+//! promote), with the chosen node as the target.
+
+use super::failover::{best_candidate, most_advanced};
+use super::*;
+use crate::spec::{RequestKind, RoleRequest};
+
+/// Starts (or refuses) a new request; `None` when there is none.
+pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Reason> {
+    let req = view.spec.request.as_ref()?;
+    if req.id <= next.handled_request {
+        return None;
+    }
+    next.handled_request = req.id;
+    let target = match check(next, view, req) {
+        Ok(t) => t,
+        Err(why) => {
+            next.request_outcome = Some(format!("refused: {why}"));
+            return Some(Reason::RequestRefused { id: req.id, why });
+        }
+    };
+    let from = next.primary.take();
+    next.generation += 1;
+    next.primary_confirmed = false;
+    next.primary_since_ms = view.now_ms;
+    if let Some(old) = &from {
+        next.deposed = Some(old.clone());
+        if let Some(r) = view.keepers.get(&target) {
+            next.members.insert(
+                old.clone(),
+                Assignment::Standby {
+                    follow: target.clone(),
+                    host: r.pg_host.clone(),
+                    port: r.pg_port,
+                },
+            );
+        }
+    }
+    next.target = Some(target.clone());
+    next.target_forced = req.force;
+    let kind = kind_name(req.kind);
+    next.request_outcome = Some(format!("in progress: {kind} to {target}"));
+    Some(Reason::RoleChangeStarted {
+        kind: kind.to_string(),
+        from: from.or(next.deposed.clone()),
+        to: target,
+    })
+}
+
+fn kind_name(kind: RequestKind) -> &'static str {
+    match kind {
+        RequestKind::Switchover => "switchover",
+        RequestKind::Failover => "failover",
+    }
+}
+
+/// Validates a request; the target to promote, or why not.
+fn check(next: &Status, view: &ClusterView, req: &RoleRequest) -> Result<String, String> {
+    if next.system_id.is_none() {
+        return Err("the cluster has no data yet".into());
+    }
+    let primary = next.primary.as_deref();
+    let primary_healthy = primary.is_some_and(|p| {
+        next.primary_confirmed
+            && view.primary_lease_holder.as_deref() == Some(p)
+            && view
+                .keepers
+                .get(p)
+                .is_some_and(|r| r.healthy && r.role == ObservedRole::Primary)
+    });
+    match req.kind {
+        RequestKind::Switchover => {
+            if next.deposed.is_some() || next.target.is_some() {
+                return Err("a failover is in progress".into());
+            }
+            if !primary_healthy {
+                return Err(
+                    "the cluster has no healthy primary: use `pgwarden ctl failover --to UID`"
+                        .into(),
+                );
+            }
+        }
+        RequestKind::Failover => {
+            if primary_healthy && !req.force {
+                return Err(format!(
+                    "primary {} is healthy: use `pgwarden ctl switchover` (no write is lost that way)",
+                    primary.unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let exclude = primary.or(next.deposed.as_deref()).unwrap_or_default();
+    let Some(to) = req.to.clone() else {
+        return best_candidate(next, view, exclude)
+            .map(|c| c.uid)
+            .ok_or_else(|| {
+                "no standby is eligible (healthy, streaming, on the timeline, within max_lag_bytes)"
+                    .into()
+            });
+    };
+    eligible(next, view, &to, req.force).map(|()| to)
+}
+
+/// Whether `uid` may be promoted by request; `force` accepts lag, another
+/// timeline and nofailover (never an unhealthy or unknown node).
+pub(super) fn eligible(
+    next: &Status,
+    view: &ClusterView,
+    uid: &str,
+    force: bool,
+) -> Result<(), String> {
+    if next.primary.as_deref() == Some(uid) {
+        return Err(format!("{uid} is already the primary"));
+    }
+    if !matches!(next.members.get(uid), Some(Assignment::Standby { .. })) {
+        return Err(format!(
+            "{uid} is not a standby of this cluster (see `pgwarden ctl status`)"
+        ));
+    }
+    let Some(r) = view.keepers.get(uid) else {
+        return Err(format!("{uid} is not running (its keeper reports nothing)"));
+    };
+    if !r.healthy || r.role != ObservedRole::Standby || r.error.is_some() {
+        return Err(format!("{uid} is not a healthy standby"));
+    }
+    if force {
+        return Ok(());
+    }
+    if r.nofailover {
+        return Err(format!("{uid} is tagged nofailover"));
+    }
+    if next.timeline != 0 && r.timeline != next.timeline {
+        return Err(format!(
+            "{uid} is on timeline {}, the cluster on {}",
+            r.timeline, next.timeline
+        ));
+    }
+    let lag = r
+        .received_lsn()
+        .unwrap_or_default()
+        .lag_behind(most_advanced(view));
+    if lag > view.spec.max_lag_bytes {
+        return Err(format!(
+            "{uid} is {lag} bytes behind, more than max_lag_bytes ({})",
+            view.spec.max_lag_bytes
+        ));
+    }
+    Ok(())
+}
