@@ -137,6 +137,13 @@ pub enum Reason {
         /// The node.
         uid: String,
     },
+    /// The synchronous standby set moved one step.
+    SyncSetChanged {
+        /// What synchronous_standby_names lists now.
+        names: Vec<String>,
+        /// Who may be promoted.
+        promotable: Vec<String>,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -190,6 +197,12 @@ impl fmt::Display for Reason {
             Reason::Reinstated { uid } => {
                 write!(f, "{uid} reinstated as primary: no standby could take over")
             }
+            Reason::SyncSetChanged { names, promotable } => write!(
+                f,
+                "synchronous standbys: listed [{}], promotable [{}]",
+                names.join(", "),
+                promotable.join(", ")
+            ),
         }
     }
 }
@@ -230,7 +243,11 @@ pub fn decide(view: &ClusterView) -> Decision {
                 None => {
                     let recorded = record_primary_identity(&mut next, view, &primary);
                     let assigned = assign_standbys(&mut next, view, &primary);
-                    assigned.or(recorded).unwrap_or(Reason::Unchanged)
+                    let synced = sync::maintain(&mut next, view, &primary);
+                    assigned
+                        .or(recorded)
+                        .or(synced)
+                        .unwrap_or(Reason::Unchanged)
                 }
             }
         }
@@ -374,6 +391,7 @@ fn assign_standbys(next: &mut Status, view: &ClusterView, primary: &str) -> Opti
 
 mod failover;
 mod requests;
+pub mod sync;
 
 use failover::{check_primary, promote};
 

@@ -56,6 +56,13 @@ pub struct KeeperReport {
     pub applied_generation: u64,
     /// Never promote this node.
     pub nofailover: bool,
+    /// On a primary: the synchronous_standby_names in effect.
+    #[serde(default)]
+    pub sync_names_applied: Option<String>,
+    /// On a primary: the standbys (application names) pg_stat_replication
+    /// shows as synchronous ("sync" or "quorum"), sorted.
+    #[serde(default)]
+    pub sync_confirmed: Vec<String>,
     /// Why the keeper cannot do what it was assigned, if it cannot.
     pub error: Option<String>,
 }
@@ -79,6 +86,8 @@ impl KeeperReport {
             pg_version: None,
             applied_generation: 0,
             nofailover: false,
+            sync_names_applied: None,
+            sync_confirmed: Vec::new(),
             error: None,
         }
     }

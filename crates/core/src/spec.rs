@@ -47,6 +47,23 @@ pub enum OnPostgresCrash {
     Restart,
 }
 
+/// Synchronous replication policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Asynchronous replication: a failover may lose the last commits.
+    #[default]
+    Off,
+    /// Synchronous while a standby is available, asynchronous otherwise.
+    /// NOT zero-loss: commits made while no standby was synchronous are lost
+    /// if the primary then fails.
+    On,
+    /// Strict: no commit is acknowledged unless a synchronous standby has
+    /// it; with none, commits wait. Only a synchronous standby is promoted.
+    /// Zero acknowledged writes lost.
+    Strict,
+}
+
 /// The operator's policy for one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +88,12 @@ pub struct Spec {
     pub on_postgres_crash: OnPostgresCrash,
     /// Re-clone a standby when pg_rewind fails.
     pub reclone_on_rewind_failure: bool,
+    /// Synchronous replication: off, on (falls back to async) or strict.
+    pub sync_mode: SyncMode,
+    /// How many synchronous standbys must confirm each commit.
+    pub min_sync_standbys: u32,
+    /// How many standbys are kept synchronous at most.
+    pub max_sync_standbys: u32,
     /// Postgres parameters applied on every node.
     pub pg_parameters: BTreeMap<String, String>,
     /// Extra pg_hba.conf lines, placed before pgwarden's defaults.
@@ -116,6 +139,9 @@ impl Default for Spec {
             paused: false,
             on_postgres_crash: OnPostgresCrash::default(),
             reclone_on_rewind_failure: true,
+            sync_mode: SyncMode::Off,
+            min_sync_standbys: 1,
+            max_sync_standbys: 1,
             pg_parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             request: None,
@@ -135,6 +161,7 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "cluster_name",
     "unix_socket_directories",
     "wal_log_hints",
+    "synchronous_standby_names",
 ];
 
 /// A spec that cannot be used; each variant names the field and the value.
@@ -166,6 +193,16 @@ pub enum SpecError {
         field: &'static str,
         /// The value given.
         value: HumanDuration,
+    },
+    /// min/max_sync_standbys do not make sense together.
+    #[error(
+        "spec fields min_sync_standbys = {min} and max_sync_standbys = {max}: need 1 <= min <= max"
+    )]
+    SyncCounts {
+        /// min_sync_standbys.
+        min: u32,
+        /// max_sync_standbys.
+        max: u32,
     },
     /// A postgres parameter pgwarden owns.
     #[error("spec field pg_parameters.{0} is managed by pgwarden and cannot be set")]
@@ -251,6 +288,12 @@ impl Spec {
             return Err(SpecError::TimeoutOutOfRange {
                 field: "promotion_timeout",
                 value: self.promotion_timeout,
+            });
+        }
+        if self.min_sync_standbys == 0 || self.max_sync_standbys < self.min_sync_standbys {
+            return Err(SpecError::SyncCounts {
+                min: self.min_sync_standbys,
+                max: self.max_sync_standbys,
             });
         }
         for (name, value) in &self.pg_parameters {

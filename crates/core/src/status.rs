@@ -79,6 +79,12 @@ pub struct Status {
     pub handled_request: u64,
     /// What became of it, for `ctl`.
     pub request_outcome: Option<String>,
+    /// Synchronous standbys that may be promoted without losing a commit:
+    /// each is in the primary's applied synchronous_standby_names and was
+    /// seen synchronous. Sorted.
+    pub sync_standbys: Vec<String>,
+    /// What the primary's synchronous_standby_names must list. Sorted.
+    pub sync_names: Vec<String>,
     /// The primary has held the primary lease since it was named. Until it
     /// has, a missing lease means "not there yet", not "failed".
     pub primary_confirmed: bool,
@@ -105,6 +111,8 @@ impl Default for Status {
             target_forced: false,
             handled_request: 0,
             request_outcome: None,
+            sync_standbys: Vec::new(),
+            sync_names: Vec::new(),
             primary_confirmed: false,
             primary_since_ms: 0,
             unhealthy_since: BTreeMap::new(),

@@ -109,6 +109,7 @@ pub(super) fn best_candidate(
                 && (status.timeline == 0 || r.timeline == status.timeline)
                 && r.system_id.is_some_and(|sid| Some(sid) == status.system_id)
                 && matches!(status.members.get(&r.uid), Some(Assignment::Standby { .. }))
+                && super::sync::may_promote(status, &view.spec, &r.uid)
         })
         .filter_map(|r| {
             let lag = r.received_lsn()?.lag_behind(most_advanced);
@@ -229,6 +230,7 @@ fn name_primary(next: &mut Status, view: &ClusterView, uid: &str) {
     next.deposed = None;
     next.target = None;
     next.target_forced = false;
+    super::sync::after_promotion(next, &view.spec, uid);
     for (member, a) in next.members.iter_mut() {
         *a = if member == uid {
             Assignment::Primary

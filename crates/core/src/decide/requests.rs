@@ -131,6 +131,12 @@ pub(super) fn eligible(
     if r.nofailover {
         return Err(format!("{uid} is tagged nofailover"));
     }
+    if !super::sync::may_promote(next, &view.spec, uid) {
+        return Err(format!(
+            "{uid} is not a synchronous standby (promotable: {}): it could lack acknowledged commits",
+            next.sync_standbys.join(", ")
+        ));
+    }
     if next.timeline != 0 && r.timeline != next.timeline {
         return Err(format!(
             "{uid} is on timeline {}, the cluster on {}",

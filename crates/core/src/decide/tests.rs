@@ -996,3 +996,5 @@ mod requests {
             .starts_with("failed: c could not take over"));
     }
 }
+
+mod sync;
