@@ -63,6 +63,11 @@ pub struct KeeperReport {
     /// shows as synchronous ("sync" or "quorum"), sorted.
     #[serde(default)]
     pub sync_confirmed: Vec<String>,
+    /// On a primary: the standbys pg_stat_replication shows streaming, sorted.
+    /// A standby that died is gone from here at once, long before its
+    /// keeper's report expires.
+    #[serde(default)]
+    pub replicas_streaming: Vec<String>,
     /// Why the keeper cannot do what it was assigned, if it cannot.
     pub error: Option<String>,
 }
@@ -88,6 +93,7 @@ impl KeeperReport {
             nofailover: false,
             sync_names_applied: None,
             sync_confirmed: Vec::new(),
+            replicas_streaming: Vec::new(),
             error: None,
         }
     }

@@ -58,8 +58,14 @@ pub fn writes_blocked(
     u32::try_from(confirmed).unwrap_or(u32::MAX) < spec.min_sync_standbys
 }
 
-/// Healthy streaming standbys of `primary`, most advanced first.
+/// Healthy streaming standbys of `primary`, most advanced first: their
+/// keepers say so and the primary sees them streaming.
 fn healthy_standbys(next: &Status, view: &ClusterView, primary: &str) -> Vec<String> {
+    let seen_by_primary = |uid: &str| {
+        view.keepers.get(primary).is_none_or(|p| {
+            p.sync_names_applied.is_none() || p.replicas_streaming.iter().any(|u| u == uid)
+        })
+    };
     let mut v: Vec<&KeeperReport> = view
         .keepers
         .values()
@@ -68,6 +74,7 @@ fn healthy_standbys(next: &Status, view: &ClusterView, primary: &str) -> Vec<Str
                 && r.healthy
                 && r.role == ObservedRole::Standby
                 && r.streaming
+                && seen_by_primary(&r.uid)
                 && matches!(next.members.get(&r.uid), Some(Assignment::Standby { follow, .. }) if follow == primary)
         })
         .collect();

@@ -19,9 +19,17 @@ fn primary_applied(c: Cluster, names: &[&str], confirmed: &[&str]) -> Cluster {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let rendered = render_sync_names(&names, c.view.spec.min_sync_standbys, c.view.spec.sync_mode);
     let confirmed: Vec<String> = confirmed.iter().map(|s| s.to_string()).collect();
+    let streaming: Vec<String> = c
+        .view
+        .keepers
+        .values()
+        .filter(|r| r.healthy && r.role == ObservedRole::Standby)
+        .map(|r| r.uid.clone())
+        .collect();
     c.tweak("a", move |r| {
         r.sync_names_applied = Some(rendered);
         r.sync_confirmed = confirmed;
+        r.replicas_streaming = streaming;
     })
 }
 
@@ -211,4 +219,18 @@ fn after_a_strict_promotion_the_other_members_are_listed_and_nobody_is_promotabl
         .decide();
     assert_eq!(primary_of(&d), Some("b"));
     assert_eq!(lists(&d), (vec!["a", "c"], vec![]));
+}
+
+#[test]
+fn a_standby_the_primary_no_longer_sees_is_replaced_before_its_report_expires() {
+    let settled = |s: &mut Status| {
+        s.sync_names = vec!["b".into()];
+        s.sync_standbys = vec!["b".into()];
+    };
+    // b's keeper report still says healthy, but the primary no longer sees
+    // it streaming (its postgres died with its keeper).
+    let c = primary_applied(strict().status(settled), &["b"], &[])
+        .tweak("a", |r| r.replicas_streaming = vec!["c".into()]);
+    let d = c.decide();
+    assert_eq!(lists(&d), (vec!["b", "c"], vec!["b"]));
 }
