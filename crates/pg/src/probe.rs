@@ -112,7 +112,9 @@ SELECT pg_is_in_recovery(),
        pg_last_wal_receive_lsn()::text,
        pg_last_wal_replay_lsn()::text,
        COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
-       current_setting('primary_conninfo')";
+       current_setting('primary_conninfo'),
+       (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int4) FROM pg_ls_waldir()
+         WHERE name ~ '^[0-9A-F]{8}[.]history$')";
 
 impl PgClient {
     /// Connects without TLS as `application_name` "pgwarden" and drives the
@@ -167,15 +169,21 @@ impl PgClient {
             what: "server_version_num",
             value: version.to_string(),
         })?;
-        let timeline = match (get_text(3)?, get_i32(4)?, get_i32(5)?) {
-            (Some(walfile), _, _) => timeline_of_walfile(&walfile)?,
-            (None, Some(tli), _) | (None, None, Some(tli)) => {
-                u32::try_from(tli).map_err(|_| PgError::Parse {
+        // A standby's timeline: the highest of what its WAL receiver got, its
+        // last checkpoint's, and the newest timeline history file it holds.
+        // The receiver's value vanishes when the upstream dies, and the
+        // checkpoint's lags until the next restartpoint; the history file
+        // stays once the standby switched to the new timeline.
+        let timeline = match get_text(3)? {
+            Some(walfile) => timeline_of_walfile(&walfile)?,
+            None => {
+                let tlis = [get_i32(4)?, get_i32(5)?, get_i32(12)?];
+                let max = tlis.into_iter().flatten().max().unwrap_or(0);
+                u32::try_from(max).map_err(|_| PgError::Parse {
                     what: "timeline",
-                    value: tli.to_string(),
+                    value: max.to_string(),
                 })?
             }
-            (None, None, None) => 0,
         };
         let primary_conninfo = get_text(11)?.filter(|s| !s.trim().is_empty());
         let pairs = primary_conninfo.as_deref().map(parse_conninfo);

@@ -15,7 +15,8 @@ use pgwarden_store::{CasOutcome, Store, StoreOptions};
 use crate::view::{self, Snapshot};
 use crate::StoreArgs;
 
-mod status;
+mod role_change;
+pub(crate) mod status;
 
 pub use status::table as status_table;
 
@@ -55,6 +56,34 @@ pub enum CtlCommand {
     Spec {
         #[command(subcommand)]
         command: SpecCommand,
+    },
+    /// Hand the primary role to a standby with no write lost (planned).
+    Switchover {
+        /// The standby to promote (default: the best one).
+        #[arg(long)]
+        to: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Give up following it after this long (it goes on).
+        #[arg(long, default_value = "60s")]
+        timeout: pgwarden_core::HumanDuration,
+    },
+    /// Promote a standby when the primary is gone (or automatic failover is
+    /// paused or cannot choose).
+    Failover {
+        /// The standby to promote.
+        #[arg(long)]
+        to: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Promote even a standby that could lose acknowledged writes.
+        #[arg(long)]
+        force: bool,
+        /// Give up following it after this long (it goes on).
+        #[arg(long, default_value = "60s")]
+        timeout: pgwarden_core::HumanDuration,
     },
     /// Stop automatic failover; keepers keep running postgres.
     Pause,
@@ -139,6 +168,33 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             .await?;
             println!("spec updated");
             Ok(())
+        }
+        CtlCommand::Switchover { to, yes, timeout } => {
+            let kind = pgwarden_core::spec::RequestKind::Switchover;
+            let ask = role_change::Ask {
+                kind,
+                to,
+                force: false,
+                yes,
+                timeout: timeout.0,
+            };
+            role_change::run(&store, ask).await
+        }
+        CtlCommand::Failover {
+            to,
+            yes,
+            force,
+            timeout,
+        } => {
+            let kind = pgwarden_core::spec::RequestKind::Failover;
+            let ask = role_change::Ask {
+                kind,
+                to: Some(to),
+                force,
+                yes,
+                timeout: timeout.0,
+            };
+            role_change::run(&store, ask).await
         }
         CtlCommand::Pause => {
             update_spec(&store, |s| {
@@ -249,6 +305,11 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
     } else {
         bail!("not confirmed: nothing changed")
     }
+}
+
+/// Wall-clock milliseconds (request ids).
+pub fn now_ms() -> u64 {
+    crate::sentinel::now_ms()
 }
 
 /// Read-modify-write of the spec with compare-and-swap, validated before the write.

@@ -1,9 +1,9 @@
 //! `pgwarden demo`: a local three-node cluster on loopback for a newcomer.
 //!
 //! It starts what a real deployment runs, as separate processes of this same
-//! binary (etcd, a sentinel, three keepers), in a directory it owns, prints how
-//! to connect and a status that refreshes, and on Ctrl-C stops everything it
-//! started. Run as root, it runs the keepers (and so postgres) as an
+//! binary (etcd, a sentinel, three keepers, a proxy), in a directory it owns,
+//! prints how to connect (through the proxy) and a status that refreshes, and
+//! on Ctrl-C stops everything it started. Run as root, it runs the keepers (and so postgres) as an
 //! unprivileged OS user, because postgres refuses to run as root.
 
 use std::fs::File;
@@ -149,10 +149,8 @@ async fn run_in(
         "sentinel".into(),
         spawn_logged(sentinel, &dir.join("sentinel.log"), run_as)?,
     ));
-    let mut pg_ports = Vec::new();
     for uid in KEEPERS {
         let (pg_port, api_port) = (free_port(), free_port());
-        pg_ports.push(pg_port);
         let mut k = Command::new(&exe);
         k.arg("keeper")
             .args(["--uid", uid, "--pg-listen-address", "127.0.0.1"])
@@ -180,15 +178,20 @@ async fn run_in(
             spawn_logged(k, &dir.join(format!("{uid}.log")), run_as)?,
         ));
     }
-    let ports = pg_ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let proxy_port = free_port();
+    let mut proxy = Command::new(&exe);
+    proxy
+        .args(["proxy", "--id", "proxy1", "--listen-address", "127.0.0.1"])
+        .args(["--port", &proxy_port.to_string()]);
+    common(&mut proxy);
+    children.0.push((
+        "proxy".into(),
+        spawn_logged(proxy, &dir.join("proxy.log"), run_as)?,
+    ));
     let banner = format!(
         "pgwarden demo: cluster {cluster:?}, etcd at {endpoint}, logs in {}\n\
-         connect to the primary (whichever node it is):\n  \
-         psql \"host=127.0.0.1,127.0.0.1,127.0.0.1 port={ports} user=postgres password={DEMO_SU_PASSWORD} dbname=postgres target_session_attrs=read-write\"\n\
+         connect through the proxy, which follows the primary (whichever node it is):\n  \
+         psql \"host=127.0.0.1 port={proxy_port} user=postgres password={DEMO_SU_PASSWORD} dbname=postgres\"\n\
          inspect: pgwarden ctl status --cluster-name {cluster} --store-endpoints {endpoint}\n\
          Ctrl-C stops everything.\n",
         dir.display()

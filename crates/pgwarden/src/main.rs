@@ -4,9 +4,11 @@
 //! and SIGTERM cancel it), and hands over to the role. Roles are thin loops
 //! over the pure decisions in pgwarden-core.
 
+mod api;
 mod ctl;
 mod demo;
 mod keeper;
+mod proxy;
 mod sentinel;
 mod shutdown;
 mod view;
@@ -49,6 +51,8 @@ enum Command {
     Keeper(Box<keeper::config::KeeperArgs>),
     /// Watch the keepers and decide who is primary; one or more, one leads.
     Sentinel(sentinel::SentinelArgs),
+    /// Route clients to the current primary (and, on a second port, to standbys).
+    Proxy(proxy::ProxyArgs),
     /// A local 3-node cluster with etcd and a sentinel, on loopback.
     Demo(demo::DemoArgs),
 }
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::Ctl(args) => ctl::run(args).await,
             Command::Keeper(args) => keeper::run(*args, cancel).await,
             Command::Sentinel(args) => sentinel::run(args, cancel).await,
+            Command::Proxy(args) => proxy::run(args, cancel).await,
             Command::Demo(args) => demo::run(args, cancel).await,
         }
     });

@@ -299,3 +299,42 @@ async fn a_failover_completes_when_the_leader_sentinel_dies_in_the_middle() {
     assert_ne!(now_leader, leader);
     assert_eq!(count_acked(c.port_of(&new_primary)).await, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failovers_in_a_row() {
+    let (mut c, first, standbys) = three_node_cluster(&["sentinel1"]).await;
+    write_and_sync(&c, &first, &standbys, 1, 100).await;
+    let kill_host = |c: &mut TestCluster, uid: &str| {
+        let pm = postmaster_pid(c, uid);
+        kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
+        c.stop(uid, Signal::SIGKILL);
+    };
+    kill_host(&mut c, &first);
+    let (second, _) = wait_new_primary(&c, &first, Instant::now()).await;
+    let last = standbys.iter().find(|u| **u != second).unwrap().clone();
+    // The remaining standby follows the new primary and catches up.
+    write_and_sync(&c, &second, std::slice::from_ref(&last), 101, 100).await;
+    kill_host(&mut c, &second);
+    let t0 = Instant::now();
+    let deadline = Instant::now() + FAILOVER;
+    loop {
+        if query_strings(c.port_of(&last), "SELECT (NOT pg_is_in_recovery())::text")
+            .await
+            .is_ok_and(|v| v == ["true"])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last standby was not promoted: {}",
+            c.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("second failover: {last} writable after {:?}", t0.elapsed());
+    assert_eq!(count_acked(c.port_of(&last)).await, 200);
+    wait_for("the cluster on timeline 3", CONVERGE, || {
+        (c.status()["timeline"] == 3).then_some(())
+    })
+    .await;
+}

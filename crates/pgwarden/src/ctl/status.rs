@@ -22,6 +22,18 @@ pub struct StatusJson {
     pub system_id: Option<String>,
     pub timeline: u32,
     pub history: Vec<pgwarden_core::status::HistoryEntry>,
+    /// The primary being replaced, during a failover or switchover.
+    pub deposed: Option<String>,
+    /// The node being promoted, during a switchover or manual failover.
+    pub target: Option<String>,
+    /// What became of the last switchover/failover request.
+    pub request_outcome: Option<String>,
+    /// off, on or strict.
+    pub sync_mode: pgwarden_core::spec::SyncMode,
+    /// Standbys that may be promoted without losing a commit (sync modes).
+    pub sync_standbys: Vec<String>,
+    /// Strict mode and no synchronous standby confirms commits: they wait.
+    pub writes_blocked: bool,
 }
 
 /// One keeper in `ctl status --output json`.
@@ -115,6 +127,14 @@ pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
         system_id: snap.status.system_id.map(|s| s.to_string()),
         timeline: snap.status.timeline,
         history: snap.status.history.clone(),
+        deposed: snap.status.deposed.clone(),
+        target: snap.status.target.clone(),
+        request_outcome: snap.status.request_outcome.clone(),
+        sync_mode: snap.spec.as_ref().map(|s| s.sync_mode).unwrap_or_default(),
+        sync_standbys: snap.status.sync_standbys.clone(),
+        writes_blocked: snap.spec.as_ref().is_some_and(|spec| {
+            pgwarden_core::decide::sync::writes_blocked(spec, &snap.status, &snap.keepers)
+        }),
     }
 }
 
@@ -172,11 +192,46 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
                 .join(", ")
         );
     }
-    if let Some(last) = snap.status.history.last() {
+    if let Some(old) = &j.deposed {
         let _ = writeln!(
             out,
-            "last decision: generation {}: {}",
-            last.generation, last.reason
+            "FAILOVER IN PROGRESS: {old} deposed, promoting {}",
+            j.target.as_deref().unwrap_or("the best standby")
+        );
+    }
+    if j.sync_mode != pgwarden_core::spec::SyncMode::Off {
+        let mode = serde_json::to_value(j.sync_mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "synchronous replication: {mode}, promotable [{}]",
+            j.sync_standbys.join(", ")
+        );
+    }
+    if j.writes_blocked {
+        let _ = writeln!(
+            out,
+            "WRITES BLOCKED: no synchronous standby (strict mode): commits wait until one is back"
+        );
+    }
+    if let Some(outcome) = &j.request_outcome {
+        let _ = writeln!(out, "last request: {outcome}");
+    }
+    let recent: Vec<_> = snap.status.history.iter().rev().take(5).collect();
+    if !recent.is_empty() {
+        let _ = writeln!(out, "recent decisions (newest first):");
+    }
+    for h in recent {
+        let _ = writeln!(
+            out,
+            "  {}  gen {:<4} {} -> {}  {}",
+            format_time(h.at_ms),
+            h.generation,
+            h.old_primary.as_deref().unwrap_or("-"),
+            h.new_primary.as_deref().unwrap_or("-"),
+            h.reason
         );
     }
     out
@@ -273,5 +328,41 @@ mod tests {
             ("b", false, None, None)
         );
         assert!(table("main", &snap).contains("gone"));
+    }
+}
+
+/// `2026-11-21 09:14:05Z` from milliseconds since the epoch (UTC, no time
+/// zone database needed).
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(
+            super::format_time(1_795_252_445_000),
+            "2026-11-21 09:14:05Z"
+        );
+        assert_eq!(super::format_time(951_782_400_000), "2000-02-29 00:00:00Z");
     }
 }

@@ -60,6 +60,10 @@ pub struct KeeperArgs {
     /// Address of the HTTP API.
     #[arg(long)]
     pub api_listen: Option<String>,
+    /// File holding the password that state-changing HTTP API requests must
+    /// present (basic auth); without it such requests are always refused.
+    #[arg(long)]
+    pub api_password_file: Option<PathBuf>,
     /// Also run a sentinel candidate inside this keeper.
     #[arg(long)]
     pub sentinel: bool,
@@ -85,6 +89,7 @@ struct FileConfig {
     pg_repl_password_file: Option<PathBuf>,
     pg_bin_dir: Option<PathBuf>,
     api_listen: Option<String>,
+    api_password_file: Option<PathBuf>,
     sentinel: Option<bool>,
     nofailover: Option<bool>,
 }
@@ -105,6 +110,8 @@ pub struct KeeperConfig {
     pub repl_password: String,
     pub pg_bin_dir: Option<PathBuf>,
     pub api_listen: SocketAddr,
+    /// Password for state-changing HTTP API requests, when configured.
+    pub api_password: Option<String>,
     pub sentinel: bool,
     pub nofailover: bool,
 }
@@ -244,6 +251,11 @@ impl KeeperArgs {
         let api_listen = api
             .parse()
             .map_err(|_| ConfigError::BadApiListen(api.clone()))?;
+        let api_password = self
+            .api_password_file
+            .or(file.api_password_file)
+            .map(|path| read_password_file(&path))
+            .transpose()?;
         Ok(KeeperConfig {
             store,
             uid,
@@ -261,6 +273,7 @@ impl KeeperArgs {
             repl_password: read_password_file(&repl_password_file)?,
             pg_bin_dir: self.pg_bin_dir.or(file.pg_bin_dir),
             api_listen,
+            api_password,
             sentinel: self.sentinel || file.sentinel.unwrap_or(false),
             nofailover: self.nofailover || file.nofailover.unwrap_or(false),
         })
@@ -324,6 +337,7 @@ mod tests {
         assert_eq!(c.repl_password, "r'pass\\");
         assert_eq!(c.pg_advertise_address, "127.0.0.1");
         assert_eq!(c.api_listen.to_string(), "0.0.0.0:8008");
+        assert_eq!(c.api_password, None);
         assert!(!format!("{c:?}").contains("secret"));
     }
 
@@ -342,6 +356,22 @@ mod tests {
         assert_eq!(c.pg_port, 5432, "the flag wins over the file");
         assert_eq!(c.api_listen.to_string(), "127.0.0.1:9000");
         assert_eq!(c.store.cluster_name.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn api_password_comes_from_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = password_file(dir.path(), "api", 0o600, "api-secret\n");
+        let file = dir.path().join("keeper.toml");
+        std::fs::write(&file, format!("api_password_file = {:?}\n", pw)).unwrap();
+        let c = KeeperArgs {
+            config: Some(file),
+            ..args(dir.path())
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(c.api_password.as_deref(), Some("api-secret"));
+        assert!(!format!("{c:?}").contains("api-secret"));
     }
 
     #[test]
@@ -390,6 +420,12 @@ mod tests {
             ..args(dir.path())
         });
         assert!(e.contains("--api-listen"), "{e}");
+        let open_api = password_file(dir.path(), "api-open", 0o640, "x\n");
+        let e = err(KeeperArgs {
+            api_password_file: Some(open_api),
+            ..args(dir.path())
+        });
+        assert!(e.contains("api-open") && e.contains("chmod 600"), "{e}");
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "pg_prot = 1\n").unwrap();
         let e = err(KeeperArgs {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::config::{KeeperArgs, KeeperConfig};
+pub use self::node::LocalState;
 use self::node::Node;
 
 /// How often the keeper observes without a store event.
@@ -33,8 +34,23 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
     let store = crate::ctl::open_store(&cfg.store)?;
     let bins = PgBins::locate(cfg.pg_bin_dir.as_deref())?;
     preflight(&cfg).await?;
+    let api_listener = crate::api::bind(cfg.api_listen).await?;
     let span = tracing::info_span!("keeper", cluster = store.cluster(), uid = cfg.uid.as_str());
     let tracker = tokio_util::task::TaskTracker::new();
+    // The HTTP API (Patroni-compatible health checks) reads what the node
+    // publishes each tick.
+    let (local, local_rx) = tokio::sync::watch::channel(None);
+    tracker.spawn(
+        crate::api::serve(
+            api_listener,
+            store.clone(),
+            cfg.uid.clone(),
+            cfg.api_password.clone(),
+            local_rx,
+            cancel.child_token(),
+        )
+        .instrument(tracing::info_span!(parent: &span, "api")),
+    );
     if cfg.sentinel {
         let (store, id, cancel) = (
             store.clone(),
@@ -47,7 +63,7 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
         );
     }
     tracker.close();
-    let result = Node::new(cfg, store, bins)
+    let result = Node::new(cfg, store, bins, local)
         .run(cancel.clone())
         .instrument(span)
         .await;

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use pgwarden_core::decide::sync::render_sync_names;
 use pgwarden_core::plan::{DataState, Target};
 use pgwarden_core::spec::OnPostgresCrash;
 use pgwarden_core::{
@@ -28,6 +29,8 @@ use super::primary_lease::{PostmasterPid, PrimaryLease};
 use super::TICK;
 use crate::view;
 
+/// Tick while a failover or switchover is in progress.
+const FAST_TICK: Duration = Duration::from_millis(50);
 /// How long a fast shutdown may take before it escalates.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for a started postgres to accept connections.
@@ -39,7 +42,34 @@ const MAX_PLAN_ROUNDS: usize = 4;
 /// within milliseconds; this bounds the outage when no standby is eligible.
 const CRASH_VERDICT_WAIT: Duration = Duration::from_secs(2);
 
+/// What this keeper knows of itself, for its HTTP API: the report it
+/// publishes plus what only it can tell (whether its primary lease is still
+/// locally valid).
+#[derive(Debug, Clone)]
+pub struct LocalState {
+    /// The report as last published.
+    pub report: KeeperReport,
+    /// The status (of `generation`) assigns this node the primary role.
+    pub assigned_primary: bool,
+    /// The status generation the report was made under.
+    pub generation: u64,
+    /// Until when the primary lease is locally known valid (fencing deadline
+    /// not included); `None` when this keeper holds no primary lease.
+    pub lease_valid_until: Option<tokio::time::Instant>,
+}
+
 pub struct Node {
+    local: watch::Sender<Option<LocalState>>,
+    /// synchronous_standby_names the status asks of this node as primary.
+    sync_names: String,
+    /// On a primary: the synchronous_standby_names in effect and the
+    /// standbys pg_stat_replication shows synchronous.
+    sync_observed: Option<(String, Vec<String>, Vec<String>)>,
+    /// A failover or switchover is between its two steps: report often, the
+    /// sentinel is waiting on our positions.
+    failover_in_progress: bool,
+    assigned_primary: bool,
+    generation: u64,
     cfg: KeeperConfig,
     store: Store,
     bins: PgBins,
@@ -71,8 +101,19 @@ struct Observation {
 }
 
 impl Node {
-    pub fn new(cfg: KeeperConfig, store: Store, bins: PgBins) -> Self {
+    pub fn new(
+        cfg: KeeperConfig,
+        store: Store,
+        bins: PgBins,
+        local: watch::Sender<Option<LocalState>>,
+    ) -> Self {
         Node {
+            local,
+            sync_names: String::new(),
+            sync_observed: None,
+            failover_in_progress: false,
+            assigned_primary: false,
+            generation: 0,
             cfg,
             store,
             bins,
@@ -114,7 +155,7 @@ impl Node {
                 _ = cancel.cancelled() => break Ok(()),
                 _ = status_changes.recv() => {}
                 info = exited => tracing::warn!("postgres exited: {info}"),
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(if self.failover_in_progress { FAST_TICK } else { TICK }) => {}
             }
         };
         self.shutdown().await;
@@ -180,6 +221,11 @@ impl Node {
         }
         let assignment = status.members.get(&self.cfg.uid).cloned();
         let wants_primary = matches!(assignment, Some(Assignment::Primary));
+        self.assigned_primary = wants_primary;
+        self.failover_in_progress = status.deposed.is_some();
+        self.sync_names =
+            render_sync_names(&status.sync_names, spec.min_sync_standbys, spec.sync_mode);
+        self.generation = status.generation;
         let holds_primary_lease = wants_primary && self.hold_primary_lease(&spec).await;
         let target = Target {
             assignment: assignment.as_ref(),
@@ -222,6 +268,7 @@ impl Node {
             }
         }
         let pg = obs.pg;
+        self.sync_observed = self.observe_sync(pg.as_ref()).await;
         if failed.is_none() {
             self.applied_generation = status.generation;
             self.last_error = None;
@@ -274,6 +321,7 @@ impl Node {
         };
         if matches!(data, DataState::Missing | DataState::Empty) {
             self.system_id = None;
+            self.last_position = None;
         }
         let running = self.postmaster.is_some();
         let pg = if running { self.probe().await } else { None };
@@ -305,8 +353,12 @@ impl Node {
     }
 
     /// Queries postgres over a cached connection, reconnecting once.
+    /// Queries postgres and remembers its position. The timeline only ever
+    /// rises for one data directory; a standby whose upstream died reports
+    /// its last checkpoint's (older) timeline, so the highest seen is kept.
     async fn probe(&mut self) -> Option<PgStatus> {
-        let status = self.query_status().await?;
+        let mut status = self.query_status().await?;
+        status.timeline = status.timeline.max(self.known_timeline());
         let position = status
             .current_lsn
             .or(status.receive_lsn.max(status.replay_lsn));
@@ -314,6 +366,10 @@ impl Node {
             self.last_position = Some((lsn, status.timeline));
         }
         Some(status)
+    }
+
+    fn known_timeline(&self) -> u32 {
+        self.last_position.map_or(0, |(_, tl)| tl)
     }
 
     async fn query_status(&mut self) -> Option<PgStatus> {
@@ -363,7 +419,19 @@ impl Node {
             max_wal_senders: 10,
             max_replication_slots: 10,
             wal_keep_size_mb: 128,
-            parameters: spec.pg_parameters.clone(),
+            parameters: {
+                let mut p = spec.pg_parameters.clone();
+                // A standby confirms its flush position at least every
+                // second, so commits waiting for a synchronous standby are
+                // released promptly when the sync set changes (postgres'
+                // default is 10 s).
+                p.entry("wal_receiver_status_interval".into())
+                    .or_insert_with(|| "1s".into());
+                if matches!(assignment, Some(Assignment::Primary)) && !self.sync_names.is_empty() {
+                    p.insert("synchronous_standby_names".into(), self.sync_names.clone());
+                }
+                p
+            },
             standby,
         }
     }
@@ -450,6 +518,12 @@ impl Node {
                 }
                 self.postmaster_pid.store(0, Ordering::SeqCst);
                 self.client = None;
+                // The end of WAL after a clean shutdown is its shutdown
+                // checkpoint: a switchover target must have received past it.
+                if let Ok(cd) = pgwarden_pg::controldata(&self.bins, &dir).await {
+                    let timeline = cd.timeline.max(self.known_timeline());
+                    self.last_position = Some((cd.checkpoint_lsn, timeline));
+                }
             }
             PgAction::Reload => {
                 tracing::info!("postgres: reloading configuration");
@@ -548,6 +622,7 @@ impl Node {
             Err(e) if spec.reclone_on_rewind_failure => {
                 tracing::warn!(error = %e, "pg_rewind failed: re-cloning from the primary (spec reclone_on_rewind_failure)");
                 clear_dir(&self.cfg.data_dir)?;
+                self.last_position = None;
                 self.system_id = None;
                 self.initializing = true;
                 let r = pgwarden_pg::basebackup(
@@ -578,6 +653,37 @@ impl Node {
                 .is_some_and(|t| t.elapsed() < CRASH_VERDICT_WAIT)
     }
 
+    /// On a writable primary: what synchronous replication is in effect.
+    async fn observe_sync(
+        &mut self,
+        pg: Option<&PgStatus>,
+    ) -> Option<(String, Vec<String>, Vec<String>)> {
+        if pg.is_none_or(|s| s.in_recovery) {
+            return None;
+        }
+        let client = self.client.as_ref()?;
+        let applied = client
+            .query_one_string("SHOW synchronous_standby_names")
+            .await
+            .ok()??;
+        let peers = client.replication_stats().await.ok()?;
+        let mut confirmed: Vec<String> = peers
+            .iter()
+            .filter(|p| {
+                p.state == "streaming" && matches!(p.sync_state.as_str(), "sync" | "quorum")
+            })
+            .map(|p| p.application_name.clone())
+            .collect();
+        confirmed.sort();
+        let mut streaming: Vec<String> = peers
+            .iter()
+            .filter(|p| p.state == "streaming")
+            .map(|p| p.application_name.clone())
+            .collect();
+        streaming.sort();
+        Some((applied, confirmed, streaming))
+    }
+
     /// Starts the primary lease if needed and tries to hold the key.
     async fn hold_primary_lease(&mut self, spec: &Spec) -> bool {
         if self.primary_lease.is_none() {
@@ -601,8 +707,15 @@ impl Node {
     }
 
     async fn publish(&mut self, lease: &watch::Receiver<LeaseState>, pg: Option<&PgStatus>) {
-        let Some(id) = lease.borrow().id else { return };
         let report = self.report(pg);
+        let lease_valid_until = self.primary_lease.as_ref().and_then(|l| l.valid_until());
+        self.local.send_replace(Some(LocalState {
+            report: report.clone(),
+            assigned_primary: self.assigned_primary,
+            generation: self.generation,
+            lease_valid_until,
+        }));
+        let Some(id) = lease.borrow().id else { return };
         if let Err(e) = self
             .store
             .put(&keys::keeper(&self.cfg.uid), report.to_json(), Some(id))
@@ -626,6 +739,11 @@ impl Node {
         );
         r.applied_generation = self.applied_generation;
         r.nofailover = self.cfg.nofailover;
+        if let Some((applied, confirmed, streaming)) = &self.sync_observed {
+            r.sync_names_applied = Some(applied.clone());
+            r.sync_confirmed = confirmed.clone();
+            r.replicas_streaming = streaming.clone();
+        }
         r.system_id = self.system_id;
         r.error = self.last_error.clone();
         r.role = if self.initializing {

@@ -100,6 +100,12 @@ impl PrimaryLease {
         }
     }
 
+    /// Until when the lease is locally known to be valid.
+    pub fn valid_until(&self) -> Option<Instant> {
+        let state = *self.lease.state().borrow();
+        state.valid_at(Instant::now()).and(state.valid_until)
+    }
+
     /// Gives the role up: deletes the key if it is ours and revokes the lease.
     /// Call only once postgres no longer accepts writes.
     pub async fn release(self) {

@@ -7,7 +7,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -254,6 +254,28 @@ impl TestCluster {
     pub fn port_of(&self, uid: &str) -> u16 {
         self.keepers[uid].pg_port
     }
+
+    /// The command line of `pgwarden proxy` listening on 127.0.0.1.
+    pub fn proxy_command(&self, id: &str, port: u16, read_only_port: u16) -> Command {
+        let mut cmd = self.command();
+        cmd.args(["proxy", "--id", id, "--listen-address", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--read-only-port", &read_only_port.to_string()]);
+        cmd
+    }
+
+    /// Starts a proxy (as the test's user: it runs no postgres), logging to
+    /// `<id>.log`; stop it with [`TestCluster::stop`].
+    pub fn spawn_proxy(&mut self, id: &str, port: u16, read_only_port: u16) {
+        let cmd = self.proxy_command(id, port, read_only_port);
+        let child = spawn_logged(cmd, &self.path().join(format!("{id}.log")), None);
+        self.children.insert(id.to_string(), child);
+    }
+
+    /// Sends `signal` to a child without waiting (SIGSTOP, SIGCONT).
+    pub fn signal(&self, name: &str, signal: Signal) {
+        kill(Pid::from_raw(self.children[name].id() as i32), signal).unwrap();
+    }
 }
 
 impl Drop for TestCluster {
@@ -336,4 +358,224 @@ pub async fn query_strings(port: u16, sql: &str) -> Result<Vec<String>, tokio_po
     let c = connect(port).await?;
     let rows = c.query(sql, &[]).await?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// Helpers for the keeper's HTTP API and for extra keeper flags.
+impl TestCluster {
+    /// Writes a secret file (mode 600) that keepers, running as the postgres
+    /// user, can read.
+    pub fn secret_file(&self, name: &str, value: &str) -> PathBuf {
+        secret(self.path(), name, value, self.run_as)
+    }
+
+    /// Starts a registered keeper with extra flags (appending to its log).
+    pub fn start_keeper_with(&mut self, uid: &str, extra: &[&str]) {
+        let mut cmd = self.keeper_command(uid);
+        cmd.args(extra);
+        let log = self.keepers[uid].log.clone();
+        let child = spawn_logged(cmd, &log, Some(self.run_as));
+        self.children.insert(uid.to_string(), child);
+    }
+}
+
+/// One HTTP/1.1 answer.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The header lines, as received.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends one request to 127.0.0.1:`port` over a fresh connection and reads
+/// the whole answer (the server closes: `Connection: close`). Errors when
+/// nothing listens or no answer comes within 5 s.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no HTTP answer"))??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad answer: {text}"),
+            )
+        })?;
+    let mut response = HttpResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    };
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        response.body = dechunk(body);
+    }
+    Ok(response)
+}
+
+/// Decodes a chunked body (sizes in hex, each chunk followed by CRLF).
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = raw.split_once("\r\n") {
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        let (Some(chunk), Some(next)) = (rest.get(..size), rest.get(size..)) else {
+            break;
+        };
+        if size == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        raw = next.trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls the async `f` every 100 ms until it returns Some, or panics after `timeout`.
+pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A strict reading of the Prometheus text format: every family has HELP and
+/// TYPE before its samples, every sample is `name{labels} value` with valid
+/// names, quoted label values and a finite number. Returns series → value.
+pub fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let valid_name = |n: &str| {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let (mut typed, mut helped) = (BTreeSet::new(), BTreeSet::new());
+    let mut samples = BTreeMap::new();
+    assert!(text.ends_with('\n'), "the exposition ends with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap();
+            assert!(valid_name(name) && !help.is_empty(), "{line}");
+            assert!(helped.insert(name.to_string()), "HELP twice: {line}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(valid_name(name), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(typed.insert(name.to_string()), "TYPE twice: {line}");
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line: {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, Some(rest.strip_suffix('}').expect(line))),
+            None => (series, None),
+        };
+        assert!(valid_name(name), "{line}");
+        assert!(
+            typed.contains(name) && helped.contains(name),
+            "no TYPE/HELP before: {line}"
+        );
+        if let Some(labels) = labels {
+            for pair in split_labels(labels) {
+                let (k, v) = pair.split_once('=').expect(line);
+                assert!(valid_name(k) && !k.contains(':'), "{line}");
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "{line}"
+                );
+            }
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        assert!(v.is_finite(), "{line}");
+        assert!(
+            samples.insert(series.to_string(), v).is_none(),
+            "duplicate: {line}"
+        );
+    }
+    samples
+}
+
+/// Splits `a="x",b="y,z"` on the commas between pairs.
+fn split_labels(labels: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
+    for ch in labels.chars() {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    assert!(!quoted, "unterminated label value: {labels}");
+    out.push(cur);
+    out
 }

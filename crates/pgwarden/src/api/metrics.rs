@@ -1,0 +1,319 @@
+//! `/metrics`: the node and the cluster in the Prometheus text format.
+//!
+//! Rendering is a pure function of what the keeper published and of a store
+//! snapshot, like the health checks, so it is tested without a server. Node
+//! metrics carry `cluster` and `uid` labels; cluster metrics (the same on
+//! every keeper, read from the store) carry `cluster`. Values the keeper does
+//! not know (an LSN before postgres ran) are left out rather than reported as
+//! zero, so a graph shows a gap instead of a false drop.
+
+use std::fmt::{Display, Write};
+
+use pgwarden_core::ObservedRole;
+
+use super::health::{self, Check, Inputs};
+use crate::view::Snapshot;
+
+/// The text format version this renders.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Gauge,
+}
+
+/// Writes families one at a time: HELP and TYPE, then the samples.
+struct Exposition {
+    out: String,
+    family: &'static str,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &'static str, kind: Kind, help: &str) {
+        self.family = name;
+        let kind = match kind {
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(self.family);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family with one sample, or none when the value is unknown.
+    fn gauge(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: Option<impl Display>,
+    ) {
+        self.family(name, Kind::Gauge, help);
+        if let Some(v) = value {
+            self.sample(labels, v);
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn flag(b: bool) -> u8 {
+    u8::from(b)
+}
+
+/// Renders every metric. `snapshot` is `None` when the store could not be read.
+pub fn render(
+    cluster: &str,
+    uid: &str,
+    inputs: &Inputs<'_>,
+    snapshot: Option<&Snapshot>,
+) -> String {
+    let mut e = Exposition {
+        out: String::new(),
+        family: "",
+    };
+    let node = [("cluster", cluster), ("uid", uid)];
+    node_metrics(&mut e, &node, inputs);
+    e.gauge(
+        "pgwarden_store_up",
+        "1 when this keeper's API could read the cluster from etcd.",
+        &node,
+        Some(flag(snapshot.is_some())),
+    );
+    if let Some(snap) = snapshot {
+        cluster_metrics(&mut e, cluster, snap);
+    }
+    e.out
+}
+
+fn node_metrics(e: &mut Exposition, node: &[(&str, &str)], inputs: &Inputs<'_>) {
+    let local = inputs.local;
+    let report = local.map(|l| &l.report);
+    e.gauge(
+        "pgwarden_info",
+        "Constant 1, labelled with the pgwarden version.",
+        &[node, &[("version", env!("CARGO_PKG_VERSION"))]].concat(),
+        Some(1),
+    );
+    e.family(
+        "pgwarden_role",
+        Kind::Gauge,
+        "1 for the role postgres is observed in, 0 for the others.",
+    );
+    for (role, name) in [
+        (ObservedRole::Primary, "primary"),
+        (ObservedRole::Standby, "standby"),
+        (ObservedRole::Stopped, "stopped"),
+        (ObservedRole::Initializing, "initializing"),
+    ] {
+        let on = report.is_some_and(|r| r.role == role);
+        e.sample(&[node, &[("role", name)]].concat(), flag(on));
+    }
+    let passes = |check| health::evaluate(check, inputs).ok;
+    e.gauge(
+        "pgwarden_primary",
+        "1 when this node is the writable primary of the current generation (/primary answers 200).",
+        node,
+        Some(flag(passes(Check::Primary))),
+    );
+    e.gauge(
+        "pgwarden_replica",
+        "1 when this node is a healthy streaming standby (/replica answers 200).",
+        node,
+        Some(flag(passes(Check::Replica))),
+    );
+    e.gauge(
+        "pgwarden_postgres_up",
+        "1 when postgres answers queries.",
+        node,
+        Some(flag(report.is_some_and(|r| r.healthy))),
+    );
+    e.gauge(
+        "pgwarden_postgres_streaming",
+        "1 when this standby's WAL receiver is streaming.",
+        node,
+        Some(flag(report.is_some_and(|r| r.streaming))),
+    );
+    e.gauge(
+        "pgwarden_postgres_timeline",
+        "Timeline postgres is on.",
+        node,
+        report.map(|r| r.timeline).filter(|t| *t > 0),
+    );
+    e.gauge(
+        "pgwarden_wal_current_lsn_bytes",
+        "Primary: current WAL write position, in bytes.",
+        node,
+        report
+            .filter(|r| r.role == ObservedRole::Primary)
+            .and_then(|r| r.current_lsn)
+            .map(|l| l.0),
+    );
+    e.gauge(
+        "pgwarden_wal_received_lsn_bytes",
+        "Standby: last WAL position received, in bytes.",
+        node,
+        report.and_then(|r| r.receive_lsn).map(|l| l.0),
+    );
+    e.gauge(
+        "pgwarden_wal_replayed_lsn_bytes",
+        "Standby: last WAL position replayed, in bytes.",
+        node,
+        report.and_then(|r| r.replay_lsn).map(|l| l.0),
+    );
+    e.gauge(
+        "pgwarden_replay_lag_bytes",
+        "Standby: how far replay is behind the primary's position, in bytes.",
+        node,
+        local
+            .and_then(|l| health::replay_lag(l, inputs.primary))
+            .map(|l| l.bytes),
+    );
+    e.gauge(
+        "pgwarden_generation",
+        "The status generation this keeper last saw.",
+        node,
+        local.map(|l| l.generation),
+    );
+    e.gauge(
+        "pgwarden_applied_generation",
+        "The status generation this keeper has carried out.",
+        node,
+        report.map(|r| r.applied_generation),
+    );
+    e.gauge(
+        "pgwarden_primary_lease_remaining_seconds",
+        "How long this keeper's primary lease is still known valid (0 without one).",
+        node,
+        local.map(|l| {
+            health::lease_remaining(l, inputs.now)
+                .unwrap_or_default()
+                .as_secs_f64()
+        }),
+    );
+    e.gauge(
+        "pgwarden_keeper_publish_age_seconds",
+        "Seconds since the keeper loop last published its state.",
+        node,
+        inputs
+            .published_at
+            .map(|t| inputs.now.saturating_duration_since(t).as_secs_f64()),
+    );
+}
+
+fn cluster_metrics(e: &mut Exposition, cluster: &str, snap: &Snapshot) {
+    let c = [("cluster", cluster)];
+    let status = &snap.status;
+    e.gauge(
+        "pgwarden_cluster_generation",
+        "The cluster status generation (bumped on every role change).",
+        &c,
+        Some(status.generation),
+    );
+    e.gauge(
+        "pgwarden_cluster_members",
+        "Keepers the status assigns a role.",
+        &c,
+        Some(status.members.len()),
+    );
+    e.gauge(
+        "pgwarden_cluster_keepers_reporting",
+        "Keepers with a live report in the store.",
+        &c,
+        Some(snap.keepers.len()),
+    );
+    e.gauge(
+        "pgwarden_cluster_members_healthy",
+        "Keepers reporting postgres up.",
+        &c,
+        Some(snap.keepers.values().filter(|r| r.healthy).count()),
+    );
+    e.gauge(
+        "pgwarden_cluster_has_primary",
+        "1 when a primary is assigned and holds the primary lease.",
+        &c,
+        Some(flag(
+            status.primary.is_some() && snap.primary_holder == status.primary,
+        )),
+    );
+    e.gauge(
+        "pgwarden_cluster_paused",
+        "1 when automatic failover is paused.",
+        &c,
+        Some(flag(snap.spec.as_ref().is_some_and(|s| s.paused))),
+    );
+    e.gauge(
+        "pgwarden_cluster_timeline",
+        "The primary's timeline as the status records it.",
+        &c,
+        Some(status.timeline),
+    );
+    e.gauge(
+        "pgwarden_cluster_proxies",
+        "Proxies with a live registration.",
+        &c,
+        Some(snap.proxies.len()),
+    );
+    e.family(
+        "pgwarden_standby_lag_bytes",
+        Kind::Gauge,
+        "Per standby: replayed position behind the primary's, in bytes.",
+    );
+    let json = crate::ctl::status::to_json(cluster, snap);
+    for m in json.members.iter().filter(|m| m.role == "standby") {
+        if let Some(lag) = m.lag_bytes {
+            e.sample(&[("cluster", cluster), ("uid", m.uid.as_str())], lag);
+        }
+    }
+    // The history keeps the last decisions only, so these are gauges over
+    // what it holds; the generation is the monotonic count of role changes.
+    e.family(
+        "pgwarden_cluster_recent_decisions",
+        Kind::Gauge,
+        "Role changes in the status history, by what they did to the primary.",
+    );
+    let mut kinds = [
+        ("initial", 0u64),
+        ("promotion", 0),
+        ("deposal", 0),
+        ("reassignment", 0),
+    ];
+    for h in &status.history {
+        let kind = match (&h.old_primary, &h.new_primary) {
+            (None, Some(_)) => 0,
+            (Some(a), Some(b)) if a != b => 1,
+            (Some(_), None) => 2,
+            _ => 3,
+        };
+        kinds[kind].1 += 1;
+    }
+    for (kind, n) in kinds {
+        e.sample(&[("cluster", cluster), ("kind", kind)], n);
+    }
+    e.gauge(
+        "pgwarden_cluster_last_decision_timestamp_seconds",
+        "When the sentinel last changed a role (Unix time).",
+        &c,
+        status.history.last().map(|h| h.at_ms as f64 / 1000.0),
+    );
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,358 @@
+//! End-to-end: `pgwarden proxy` in front of a real cluster.
+//!
+//! Clients on the proxy's port land on the primary and on its read-only port
+//! on a standby; the proxy acknowledges the generation it applied; sessions
+//! are cut as soon as the primary lease disappears; a restarted proxy routes
+//! again; and without etcd the proxy stops routing after `proxy_ttl`.
+//!
+//! Failover is paused in these tests (`ctl pause`): they are about the proxy
+//! following the store, not about who gets promoted.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pgwarden_core::keys;
+use pgwarden_store::etcd_server::free_port;
+use pgwarden_store::{Store, StoreOptions};
+use tokio::io::AsyncReadExt;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+/// The default spec's `proxy_ttl`.
+const PROXY_TTL: Duration = Duration::from_secs(3);
+
+/// Where a session through `port` landed: (in recovery, server port).
+async fn landing(port: u16) -> Result<(bool, u16), tokio_postgres::Error> {
+    let client = connect(port).await?;
+    let row = client
+        .query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[])
+        .await?;
+    let server_port: i32 = row.get(1);
+    Ok((row.get(0), u16::try_from(server_port).unwrap()))
+}
+
+/// Waits until sessions through `port` land on the primary at `primary_port`.
+async fn wait_routed(port: u16, primary_port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = landing(port).await;
+        if matches!(got, Ok((false, p)) if p == primary_port) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy port {port} does not reach the primary on {primary_port}: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether a connection to `port` is closed by the proxy within a second,
+/// without a byte. A connection relayed to postgres would stay open: postgres
+/// waits for the client's startup packet.
+async fn closed_promptly(port: u16) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut buf = [0u8; 8];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn store(c: &TestCluster) -> Store {
+    Store::new(&[c.etcd.endpoint()], &c.name, StoreOptions::default()).unwrap()
+}
+
+/// Waits until the primary lease key is gone; returns when it was seen gone.
+async fn wait_primary_key_gone(store: &Store, timeout: Duration) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if store.get(keys::PRIMARY).await.unwrap().is_none() {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the primary key did not disappear"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `SELECT 1` on `client` until it fails; returns when it failed.
+async fn wait_cut(client: &tokio_postgres::Client, since: Instant, within: Duration) -> Instant {
+    loop {
+        if client.simple_query("SELECT 1").await.is_err() {
+            return Instant::now();
+        }
+        assert!(
+            since.elapsed() < within,
+            "the session through the proxy was not cut within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pause(c: &TestCluster) {
+    let out = c.ctl(&["pause"]);
+    assert!(out.status.success(), "ctl pause: {}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_routes_to_the_primary_and_standbys_and_cuts_sessions_when_the_lease_goes() {
+    let mut c = TestCluster::initialised().await;
+    pause(&c);
+    c.spawn_sentinel("sentinel1");
+    c.spawn_keepers(&["k1", "k2", "k3"]);
+    let status = c.wait_converged(2, CONVERGE).await;
+    let primary = status["primary"].as_str().unwrap().to_string();
+    let primary_port = c.port_of(&primary);
+    let mut standby_ports: Vec<u16> = ["k1", "k2", "k3"]
+        .iter()
+        .filter(|u| **u != primary)
+        .map(|u| c.port_of(u))
+        .collect();
+    standby_ports.sort();
+
+    let (port, ro_port) = (free_port(), free_port());
+    c.spawn_proxy("proxy1", port, ro_port);
+    wait_routed(port, primary_port, Duration::from_secs(30)).await;
+
+    // The read-only port alternates over both standbys.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (in_recovery, p) = landing(ro_port).await.unwrap();
+        assert!(in_recovery, "read-only port landed on a primary");
+        seen.push(p);
+    }
+    seen.sort();
+    assert_eq!(seen, standby_ports);
+
+    // ctl status shows the proxy with the generation it applied.
+    let generation = c.status()["generation"].as_u64().unwrap();
+    wait_for(
+        "the proxy's acknowledgement",
+        Duration::from_secs(10),
+        || {
+            let proxies = c.status()["proxies"].clone();
+            (proxies == serde_json::json!([{"id": "proxy1", "generation": generation}]))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A session opened before the primary's keeper stops is cut, and new
+    // connections are closed at once while there is no primary.
+    let etcd = store(&c);
+    let held = connect(port).await.unwrap();
+    held.simple_query("SELECT 1").await.unwrap();
+    assert!(c.stop(&primary, Signal::SIGTERM).success());
+    let gone = wait_primary_key_gone(&etcd, Duration::from_secs(10)).await;
+    wait_cut(&held, gone, Duration::from_secs(3)).await;
+    let since = Instant::now();
+    while !closed_promptly(port).await {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "new connections are not closed while there is no primary"
+        );
+    }
+    assert!(
+        c.log("proxy1").contains("does not hold the primary lease"),
+        "the proxy logs why it closes connections"
+    );
+
+    c.start_keeper(&primary);
+    c.wait_converged(2, CONVERGE).await;
+    wait_routed(port, primary_port, Duration::from_secs(30)).await;
+
+    // Killed and restarted, the proxy routes again.
+    c.stop("proxy1", Signal::SIGKILL);
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "nothing listens once the proxy is dead"
+    );
+    c.spawn_proxy("proxy1", port, ro_port);
+    wait_routed(port, primary_port, Duration::from_secs(30)).await;
+    let generation = c.status()["generation"].as_u64().unwrap();
+    wait_for(
+        "the restarted proxy's acknowledgement",
+        Duration::from_secs(10),
+        || {
+            let proxies = c.status()["proxies"].clone();
+            (proxies == serde_json::json!([{"id": "proxy1", "generation": generation}]))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The primary's keeper frozen: postgres keeps running, but its lease
+    // expires, and the proxy (not postgres) cuts the session.
+    let held = connect(port).await.unwrap();
+    held.simple_query("SELECT 1").await.unwrap();
+    c.signal(&primary, Signal::SIGSTOP);
+    let gone = wait_primary_key_gone(&etcd, Duration::from_secs(15)).await;
+    let cut = wait_cut(&held, gone, Duration::from_secs(3)).await;
+    // Asked before the keeper resumes: its fencer would kill postgres then.
+    let direct = connect(primary_port).await;
+    let answered = match &direct {
+        Ok(client) => client.simple_query("SELECT 1").await.map(|_| ()),
+        Err(_) => Ok(()),
+    };
+    c.signal(&primary, Signal::SIGCONT);
+    direct.expect("postgres itself is still up");
+    answered.expect("postgres itself still answers");
+    eprintln!(
+        "session cut {:?} after the primary key disappeared",
+        cut.duration_since(gone)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_stops_routing_when_etcd_is_gone_for_proxy_ttl() {
+    let mut c = TestCluster::initialised().await;
+    pause(&c);
+    // A primary lease much longer than proxy_ttl, so that the keeper does
+    // not fence postgres while etcd is away before the proxy acts: what
+    // closes connections here is the proxy.
+    let out = c.ctl(&["spec", "set", "primary_lease_ttl=20s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.spawn_sentinel("sentinel1");
+    c.spawn_keepers(&["k1"]);
+    c.wait_converged(0, CONVERGE).await;
+    let primary_port = c.port_of("k1");
+    let (port, ro_port) = (free_port(), free_port());
+    c.spawn_proxy("proxy1", port, ro_port);
+    wait_routed(port, primary_port, Duration::from_secs(30)).await;
+
+    // etcd frozen (requests hang rather than fail): the proxy keeps serving
+    // for a short blip, then stops.
+    let etcd_pid = Pid::from_raw(c.etcd.pid() as i32);
+    let held = connect(port).await.unwrap();
+    kill(etcd_pid, Signal::SIGSTOP).unwrap();
+    let frozen = Instant::now();
+    assert_eq!(
+        landing(port).await.unwrap(),
+        (false, primary_port),
+        "a short blip is served"
+    );
+    while !closed_promptly(port).await {
+        assert!(
+            frozen.elapsed() < PROXY_TTL + Duration::from_secs(3),
+            "still routing {:?} after etcd froze",
+            frozen.elapsed()
+        );
+    }
+    let stopped = frozen.elapsed();
+    assert!(
+        stopped >= Duration::from_secs(1),
+        "stopped routing after only {stopped:?}"
+    );
+    assert!(
+        held.simple_query("SELECT 1").await.is_err(),
+        "open sessions are cut"
+    );
+    wait_for("the proxy to log why", Duration::from_secs(5), || {
+        c.log("proxy1").contains("stopped routing").then_some(())
+    })
+    .await;
+    eprintln!("routing stopped {stopped:?} after etcd froze");
+
+    // etcd back: the proxy registers again and routes.
+    kill(etcd_pid, Signal::SIGCONT).unwrap();
+    wait_routed(port, primary_port, Duration::from_secs(30)).await;
+
+    // etcd stopped for good (connections refused).
+    let held = connect(port).await.unwrap();
+    c.etcd.stop();
+    let down = Instant::now();
+    while !closed_promptly(port).await {
+        assert!(
+            down.elapsed() < PROXY_TTL + Duration::from_secs(3),
+            "still routing {:?} after etcd stopped",
+            down.elapsed()
+        );
+    }
+    assert!(
+        held.simple_query("SELECT 1").await.is_err(),
+        "open sessions are cut"
+    );
+    eprintln!("routing stopped {:?} after etcd stopped", down.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_refuses_bad_start_up_and_closes_clients_while_there_is_no_primary() {
+    let mut c = TestCluster::new().await;
+    let (port, ro_port) = (free_port(), free_port());
+
+    // Not initialised: a clear error at start-up.
+    let out = run_to_exit(c.proxy_command("proxy1", port, ro_port));
+    assert!(!out.status.success());
+    let line = stderr(&out).lines().last().unwrap_or_default().to_string();
+    assert!(
+        line.starts_with("error: ")
+            && line.contains("not initialised")
+            && line.contains("pgwarden ctl init"),
+        "{line}"
+    );
+
+    // A port in use: one line naming the address and the fix.
+    let out = c.ctl(&["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let out = run_to_exit(c.proxy_command("proxy1", port, taken_port));
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!("error: proxy address 127.0.0.1:{taken_port} is already in use by another process: stop it or pass another --read-only-port")
+    );
+
+    // No keepers, so no primary: clients are closed at once, with the reason logged.
+    c.spawn_proxy("proxy1", port, ro_port);
+    wait_for("the proxy to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    let started = Instant::now();
+    assert!(closed_promptly(port).await);
+    assert!(closed_promptly(ro_port).await);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    wait_for("the reason in the log", Duration::from_secs(10), || {
+        c.log("proxy1")
+            .contains("closing a new client connection")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        c.stop("proxy1", Signal::SIGTERM).success(),
+        "clean exit on SIGTERM"
+    );
+}
+
+/// Runs a command that is expected to exit, killing it after 30 s.
+fn run_to_exit(mut cmd: std::process::Command) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+    out
+}
