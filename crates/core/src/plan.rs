@@ -85,6 +85,8 @@ pub enum PgAction {
     CreateSlot(String),
     /// Drop a replication slot no standby uses any more.
     DropSlot(String),
+    /// Empty the data directory of a standby (before a re-clone).
+    Wipe,
 }
 
 /// Why the keeper cannot carry out its assignment; a human must act.
@@ -118,6 +120,8 @@ pub struct Target<'a> {
     /// The node this keeper is assigned to follow is the cluster's primary
     /// (false while a failover is between its two steps).
     pub upstream_is_primary: bool,
+    /// An operator's restart or re-clone request not carried out yet.
+    pub node_request: Option<crate::spec::NodeAction>,
 }
 
 /// The actions that move `observed` towards `target`, in order. An empty plan
@@ -137,6 +141,11 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
         return Err(PlanError::ForeignDirectory);
     }
     let has_data = matches!(observed.data, DataState::Postgres { .. });
+    if let Some(request) = target.node_request {
+        if let Some(actions) = node_request(target, observed, request) {
+            return Ok(actions);
+        }
+    }
     let mut actions = Vec::new();
     match target.assignment {
         // Not assigned yet: leave whatever runs alone, start nothing.
@@ -247,6 +256,43 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
     Ok(actions)
 }
 
+/// An operator's restart or re-clone. A restart is carried out on any
+/// running node (a primary restarts as primary: `ctl restart` moves the role
+/// away first for a rolling restart); a re-clone only on a standby that
+/// streams from the primary, never on the primary or mid-failover.
+fn node_request(
+    target: &Target<'_>,
+    observed: &Observed,
+    request: crate::spec::NodeAction,
+) -> Option<Vec<PgAction>> {
+    use crate::spec::NodeAction;
+    match request {
+        NodeAction::Restart if observed.running => {
+            Some(vec![PgAction::Stop, PgAction::WriteConfig, PgAction::Start])
+        }
+        NodeAction::Reinit => match target.assignment {
+            Some(Assignment::Standby { host, port, .. }) if target.upstream_is_primary => {
+                let mut actions = Vec::new();
+                if observed.running {
+                    actions.push(PgAction::Stop);
+                }
+                actions.extend([
+                    PgAction::Wipe,
+                    PgAction::BaseBackup {
+                        host: host.clone(),
+                        port: *port,
+                    },
+                    PgAction::WriteConfig,
+                    PgAction::Start,
+                ]);
+                Some(actions)
+            }
+            _ => None,
+        },
+        NodeAction::Restart => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,7 +344,58 @@ mod tests {
             wanted_slots: BTreeSet::new(),
             holds_primary_lease: true,
             upstream_is_primary: true,
+            node_request: None,
         }
+    }
+
+    #[test]
+    fn restart_and_reinit_requests() {
+        use crate::spec::NodeAction;
+        let s = standby_of("h");
+        let t = Target {
+            node_request: Some(NodeAction::Restart),
+            ..target(Some(&s), Some(7))
+        };
+        assert_eq!(
+            plan(&t, &running_standby()).unwrap(),
+            vec![PgAction::Stop, PgAction::WriteConfig, PgAction::Start]
+        );
+        let t = Target {
+            node_request: Some(NodeAction::Reinit),
+            ..target(Some(&s), Some(7))
+        };
+        assert_eq!(
+            plan(&t, &running_standby()).unwrap(),
+            vec![
+                PgAction::Stop,
+                PgAction::Wipe,
+                PgAction::BaseBackup {
+                    host: "h".into(),
+                    port: 5432
+                },
+                PgAction::WriteConfig,
+                PgAction::Start
+            ]
+        );
+        // Never a re-clone of the primary, nor mid-failover: the request waits.
+        let p = Assignment::Primary;
+        let t = Target {
+            node_request: Some(NodeAction::Reinit),
+            ..target(Some(&p), Some(7))
+        };
+        assert_eq!(plan(&t, &running_primary()).unwrap(), vec![]);
+        let t = Target {
+            node_request: Some(NodeAction::Reinit),
+            upstream_is_primary: false,
+            ..target(Some(&s), Some(7))
+        };
+        assert_eq!(plan(&t, &running_standby()).unwrap(), vec![]);
+        // Foreign data is still refused first.
+        let t = Target {
+            node_request: Some(NodeAction::Reinit),
+            ..target(Some(&s), Some(8))
+        };
+        assert!(plan(&t, &running_standby()).is_err());
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct KeeperReport {
     /// keeper's report expires.
     #[serde(default)]
     pub replicas_streaming: Vec<String>,
+    /// Some parameter changed in the configuration needs a restart.
+    #[serde(default)]
+    pub pending_restart: bool,
+    /// The id of the last node request (restart, reinit) carried out.
+    #[serde(default)]
+    pub handled_node_request: u64,
     /// Why the keeper cannot do what it was assigned, if it cannot.
     pub error: Option<String>,
 }
@@ -94,6 +100,8 @@ impl KeeperReport {
             sync_names_applied: None,
             sync_confirmed: Vec::new(),
             replicas_streaming: Vec::new(),
+            pending_restart: false,
+            handled_node_request: 0,
             error: None,
         }
     }

@@ -101,6 +101,28 @@ pub struct Spec {
     /// The operator's latest switchover or manual failover request; the
     /// sentinel carries out each id once (status.handled_request).
     pub request: Option<RoleRequest>,
+    /// Per-node requests (restart, re-clone) by keeper uid; each keeper
+    /// carries out each id once and reports it done.
+    pub node_requests: BTreeMap<String, NodeRequest>,
+}
+
+/// What an operator asked one keeper to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAction {
+    /// Restart postgres (to apply parameters that need it).
+    Restart,
+    /// Throw the standby's data away and clone it again from the primary.
+    Reinit,
+}
+
+/// A request to one keeper, written by `ctl restart` / `ctl reinit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRequest {
+    /// Unique and increasing.
+    pub id: u64,
+    /// What to do.
+    pub action: NodeAction,
 }
 
 /// Which role change an operator asked for.
@@ -145,6 +167,7 @@ impl Default for Spec {
             pg_parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             request: None,
+            node_requests: BTreeMap::new(),
         }
     }
 }

@@ -38,6 +38,15 @@ pub enum PgError {
         stderr_tail: String,
     },
 
+    /// Postgres rejected a parameter value.
+    #[error("postgres rejects parameter {name}: {message}")]
+    InvalidParameter {
+        /// The parameter.
+        name: String,
+        /// Postgres' own message.
+        message: String,
+    },
+
     /// A file system operation failed.
     #[error("{op} {}", path.display())]
     Io {

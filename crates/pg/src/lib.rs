@@ -8,6 +8,7 @@
 //! when, is decided in `pgwarden-core`.
 
 pub mod bins;
+pub mod check;
 pub mod datadir;
 mod error;
 pub mod ops;
@@ -16,6 +17,7 @@ pub mod probe;
 pub mod render;
 
 pub use bins::{PgBins, RunAs};
+pub use check::check_parameters;
 pub use datadir::{inspect_data_dir, parse_controldata, ControlData, DataDirState};
 pub use error::PgError;
 pub use ops::{basebackup, controldata, initdb, rewind, set_standby_signal, write_file_atomic};

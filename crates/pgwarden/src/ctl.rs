@@ -15,6 +15,7 @@ use pgwarden_store::{CasOutcome, Store, StoreOptions};
 use crate::view::{self, Snapshot};
 use crate::StoreArgs;
 
+mod node_ops;
 mod role_change;
 pub(crate) mod status;
 
@@ -84,6 +85,27 @@ pub enum CtlCommand {
         /// Give up following it after this long (it goes on).
         #[arg(long, default_value = "60s")]
         timeout: pgwarden_core::HumanDuration,
+    },
+    /// Restart postgres, rolling: standbys first, then a switchover, then
+    /// the old primary.
+    Restart {
+        /// Only this node.
+        #[arg(long)]
+        uid: Option<String>,
+        /// Only nodes with parameters waiting for a restart.
+        #[arg(long)]
+        pending: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Throw a standby's data away and clone it again from the primary.
+    Reinit {
+        /// The standby.
+        uid: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Stop automatic failover; keepers keep running postgres.
     Pause,
@@ -159,6 +181,18 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Spec {
             command: SpecCommand::Set { assignments },
         } => {
+            let current = load_initialised(&store).await?.spec.unwrap_or_default();
+            let mut proposed = current.clone();
+            for a in &assignments {
+                set_field(&mut proposed, a)?;
+            }
+            let changed: std::collections::BTreeMap<String, String> = proposed
+                .pg_parameters
+                .iter()
+                .filter(|(k, v)| current.pg_parameters.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            check_with_postgres(&changed).await?;
             update_spec(&store, |spec| {
                 for a in &assignments {
                     set_field(spec, a)?;
@@ -167,6 +201,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             })
             .await?;
             println!("spec updated");
+            if !changed.is_empty() {
+                println!(
+                    "postgres parameters are applied on every node with a reload; those that need a restart show as \"pending restart\" in `pgwarden ctl status` (apply them with `pgwarden ctl restart --pending`)"
+                );
+            }
             Ok(())
         }
         CtlCommand::Switchover { to, yes, timeout } => {
@@ -196,6 +235,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             };
             role_change::run(&store, ask).await
         }
+        CtlCommand::Restart { uid, pending, yes } => {
+            node_ops::restart(&store, uid, pending, yes).await
+        }
+        CtlCommand::Reinit { uid, yes } => node_ops::reinit(&store, uid, yes).await,
         CtlCommand::Pause => {
             update_spec(&store, |s| {
                 s.paused = true;
@@ -305,6 +348,39 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
     } else {
         bail!("not confirmed: nothing changed")
     }
+}
+
+/// Lets a local postgres check parameter values before they are stored, so a
+/// bad value never reaches a node. Without postgres binaries here, the keepers
+/// still check before applying.
+async fn check_with_postgres(
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    if parameters.is_empty() {
+        return Ok(());
+    }
+    let Ok(mut bins) = pgwarden_pg::PgBins::locate(None) else {
+        eprintln!("warning: postgres binaries not found here: parameters not checked by ctl; each keeper checks them before applying");
+        return Ok(());
+    };
+    if nix::unistd::geteuid().is_root() {
+        // postgres refuses to run as root, even to check a value.
+        match nix::unistd::User::from_name("postgres") {
+            Ok(Some(u)) => {
+                bins.run_as = Some(pgwarden_pg::RunAs {
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                })
+            }
+            _ => {
+                eprintln!("warning: running as root without a postgres OS user: parameters not checked by ctl; each keeper checks them before applying");
+                return Ok(());
+            }
+        }
+    }
+    pgwarden_pg::check_parameters(&bins, parameters)
+        .await
+        .map_err(|e| anyhow!("{e}: nothing changed"))
 }
 
 /// Wall-clock milliseconds (request ids).

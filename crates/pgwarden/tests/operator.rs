@@ -217,3 +217,86 @@ async fn paused_cluster_does_not_fail_over_until_the_operator_says_so() {
     assert!(ctl_ok(&c, &["resume"]).contains("resumed"));
     assert_eq!(c.status()["paused"], false);
 }
+
+async fn show(port: u16, name: &str) -> String {
+    query_strings(port, &format!("SHOW {name}"))
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wide_parameters_rolling_restart_and_reinit() {
+    let (c, primary, standbys) = cluster().await;
+    // Invalid values and unknown parameters never reach a node.
+    let e = ctl_err(&c, &["spec", "set", "pg_parameters.work_mem=lots"]);
+    assert!(
+        e.contains("invalid value for parameter \"work_mem\""),
+        "{e}"
+    );
+    let e = ctl_err(&c, &["spec", "set", "pg_parameters.no_such_setting=1"]);
+    assert!(e.contains("unrecognized configuration parameter"), "{e}");
+    // A reload parameter is applied on every node.
+    ctl_ok(&c, &["spec", "set", "pg_parameters.work_mem=12MB"]);
+    for uid in c.keepers.keys() {
+        let port = c.port_of(uid);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while show(port, "work_mem").await != "12MB" {
+            assert!(Instant::now() < deadline, "work_mem not applied on {uid}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // A restart parameter shows as pending until a rolling restart.
+    ctl_ok(&c, &["spec", "set", "pg_parameters.max_connections=120"]);
+    wait_for("pending restart on every node", CONVERGE, || {
+        let s = c.status();
+        s["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["pending_restart"] == true)
+            .then_some(())
+    })
+    .await;
+    assert!(ctl_ok(&c, &["status"]).contains("pending restart"));
+    let out = ctl_ok(&c, &["restart", "--pending", "--yes"]);
+    assert!(out.contains(&format!("{primary} restarted")), "{out}");
+    let s = c.wait_converged(2, CONVERGE).await;
+    assert_ne!(
+        s["primary"],
+        primary.as_str(),
+        "the primary role moves away before its restart"
+    );
+    for uid in c.keepers.keys() {
+        assert_eq!(
+            show(c.port_of(uid), "max_connections").await,
+            "120",
+            "{uid}"
+        );
+    }
+    wait_for("no restart pending", CONVERGE, || {
+        let s = c.status();
+        s["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["pending_restart"] == false)
+            .then_some(())
+    })
+    .await;
+    // Re-cloning a standby replaces its data and it streams again.
+    let new_primary = s["primary"].as_str().unwrap().to_string();
+    assert!(
+        ctl_err(&c, &["reinit", &new_primary, "--yes"]).contains("only a standby can be re-cloned")
+    );
+    let victim = standbys
+        .iter()
+        .chain(std::iter::once(&primary))
+        .find(|u| **u != new_primary)
+        .unwrap()
+        .clone();
+    let marker = c.keepers[&victim].data_dir.join("pgwarden-e2e-marker");
+    std::fs::write(&marker, "old data").unwrap();
+    ctl_ok(&c, &["reinit", &victim, "--yes"]);
+    assert!(!marker.exists(), "reinit kept the old data");
+    assert!(c.log(&victim).contains("emptying the data directory"));
+    c.wait_converged(2, CONVERGE).await;
+}

@@ -52,6 +52,8 @@ pub struct MemberJson {
     pub pg_address: Option<String>,
     pub applied_generation: Option<u64>,
     pub error: Option<String>,
+    /// Parameters changed that need a restart of this node's postgres.
+    pub pending_restart: bool,
 }
 
 /// One proxy in `ctl status --output json`.
@@ -107,6 +109,7 @@ pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
                 pg_address: report.map(|r| format!("{}:{}", r.pg_host, r.pg_port)),
                 applied_generation: report.map(|r| r.applied_generation),
                 error: report.and_then(|r| r.error.clone()),
+                pending_restart: report.is_some_and(|r| r.pending_restart),
             }
         })
         .collect();
@@ -178,7 +181,11 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
             m.lsn.as_deref().unwrap_or("-"),
             m.lag_bytes.map_or("-".to_string(), |l| l.to_string()),
             m.pg_address.as_deref().unwrap_or("-"),
-            m.error.as_deref().unwrap_or("")
+            match (&m.error, m.pending_restart) {
+                (Some(e), _) => e.clone(),
+                (None, true) => "pending restart".to_string(),
+                (None, false) => String::new(),
+            }
         );
     }
     if !j.proxies.is_empty() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pgwarden_core::decide::sync::render_sync_names;
 use pgwarden_core::plan::{DataState, Target};
-use pgwarden_core::spec::OnPostgresCrash;
+use pgwarden_core::spec::{NodeAction, OnPostgresCrash};
 use pgwarden_core::{
     keys, plan, Assignment, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
 };
@@ -60,6 +60,12 @@ pub struct LocalState {
 
 pub struct Node {
     local: watch::Sender<Option<LocalState>>,
+    /// The last node request (restart, reinit) carried out.
+    handled_node_request: u64,
+    /// The pg_parameters postgres last accepted.
+    checked_parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// Postgres reports parameters waiting for a restart.
+    pending_restart: bool,
     /// synchronous_standby_names the status asks of this node as primary.
     sync_names: String,
     /// On a primary: the synchronous_standby_names in effect and the
@@ -109,6 +115,9 @@ impl Node {
     ) -> Self {
         Node {
             local,
+            handled_node_request: 0,
+            checked_parameters: None,
+            pending_restart: false,
             sync_names: String::new(),
             sync_observed: None,
             failover_in_progress: false,
@@ -227,7 +236,12 @@ impl Node {
             render_sync_names(&status.sync_names, spec.min_sync_standbys, spec.sync_mode);
         self.generation = status.generation;
         let holds_primary_lease = wants_primary && self.hold_primary_lease(&spec).await;
-        let target = Target {
+        let pending_request = spec
+            .node_requests
+            .get(&self.cfg.uid)
+            .filter(|r| r.id > self.handled_node_request)
+            .copied();
+        let mut target = Target {
             assignment: assignment.as_ref(),
             cluster_system_id: status.system_id,
             wanted_slots: wanted_slots(&status, &self.cfg.uid),
@@ -238,6 +252,7 @@ impl Node {
                 }
                 _ => true,
             },
+            node_request: pending_request.map(|r| r.action),
         };
         // Converge within one tick when each step's outcome makes the next
         // one possible (initdb, start, then the replication role), so the
@@ -255,12 +270,23 @@ impl Node {
             if actions.is_empty() {
                 break;
             }
-            for action in actions {
+            let mut carried_out = false;
+            for action in &actions {
                 let what = format!("{action:?}");
-                if let Err(e) = self.execute(&action, &spec, assignment.as_ref()).await {
+                if let Err(e) = self.execute(action, &spec, assignment.as_ref()).await {
                     failed = Some(e.context(format!("postgres action {what}")));
                     break;
                 }
+                carried_out |= matches!(
+                    (target.node_request, action),
+                    (Some(NodeAction::Restart), PgAction::Start)
+                        | (Some(NodeAction::Reinit), PgAction::BaseBackup { .. })
+                );
+            }
+            if let (true, Some(r)) = (carried_out, pending_request) {
+                tracing::info!(id = r.id, action = ?r.action, "operator request carried out");
+                self.handled_node_request = r.id;
+                target.node_request = None;
             }
             obs = self.observe(&spec, &status, assignment.as_ref()).await?;
             if failed.is_some() {
@@ -269,6 +295,17 @@ impl Node {
         }
         let pg = obs.pg;
         self.sync_observed = self.observe_sync(pg.as_ref()).await;
+        self.pending_restart = match (&self.client, &pg) {
+            (Some(c), Some(_)) => c
+                .query_one_string(
+                    "SELECT coalesce(bool_or(pending_restart), false)::text FROM pg_settings",
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|v| v == "true"),
+            _ => false,
+        };
         if failed.is_none() {
             self.applied_generation = status.generation;
             self.last_error = None;
@@ -493,6 +530,7 @@ impl Node {
             }
             PgAction::Rewind { host, port } => self.rewind(spec, host, *port).await?,
             PgAction::WriteConfig => {
+                self.check_parameters(spec).await?;
                 let standby = matches!(assignment, Some(Assignment::Standby { .. }));
                 let conf = pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment));
                 pgwarden_pg::write_file_atomic(&dir.join("postgresql.conf"), &conf, 0o600)?;
@@ -561,6 +599,14 @@ impl Node {
             PgAction::DropSlot(name) => {
                 self.client().await?.drop_slot(name).await?;
                 tracing::info!(slot = name.as_str(), "postgres: replication slot dropped");
+            }
+            PgAction::Wipe => {
+                tracing::info!(
+                    "postgres: emptying the data directory to clone it again (operator request)"
+                );
+                clear_dir(&dir)?;
+                self.system_id = None;
+                self.last_position = None;
             }
         }
         Ok(())
@@ -684,6 +730,20 @@ impl Node {
         Some((applied, confirmed, streaming))
     }
 
+    /// Lets postgres itself check the spec's parameters before they are
+    /// written, once per distinct set: a value postgres rejects would stop
+    /// it from starting at its next restart.
+    async fn check_parameters(&mut self, spec: &Spec) -> anyhow::Result<()> {
+        if self.checked_parameters.as_ref() == Some(&spec.pg_parameters) {
+            return Ok(());
+        }
+        pgwarden_pg::check_parameters(&self.bins, &spec.pg_parameters)
+            .await
+            .context("the spec's pg_parameters (fix them with `pgwarden ctl spec set`; the current configuration stays)")?;
+        self.checked_parameters = Some(spec.pg_parameters.clone());
+        Ok(())
+    }
+
     /// Starts the primary lease if needed and tries to hold the key.
     async fn hold_primary_lease(&mut self, spec: &Spec) -> bool {
         if self.primary_lease.is_none() {
@@ -739,6 +799,8 @@ impl Node {
         );
         r.applied_generation = self.applied_generation;
         r.nofailover = self.cfg.nofailover;
+        r.pending_restart = self.pending_restart;
+        r.handled_node_request = self.handled_node_request;
         if let Some((applied, confirmed, streaming)) = &self.sync_observed {
             r.sync_names_applied = Some(applied.clone());
             r.sync_confirmed = confirmed.clone();
