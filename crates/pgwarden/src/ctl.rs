@@ -322,7 +322,24 @@ async fn init(
                 CasOutcome::Written { .. } => {}
                 CasOutcome::Conflict => bail!("the spec changed while replacing it: nothing changed; run the command again"),
             }
-            store.delete(keys::STATUS).await.context("clear the cluster status")?;
+            // A fresh status, but with a higher generation: keepers and
+            // proxies ignore any status older than the one they applied.
+            let old = view::load(store).await.context("read the cluster status")?;
+            let fresh = pgwarden_core::Status {
+                generation: old.status.generation + 1,
+                history: old.status.history.clone(),
+                ..pgwarden_core::Status::default()
+            };
+            match store
+                .cas(keys::STATUS, fresh.to_json(), old.status_revision, &[], None)
+                .await
+                .context("reset the cluster status")?
+            {
+                CasOutcome::Written { .. } => {}
+                CasOutcome::Conflict => bail!(
+                    "the status changed while resetting it: the spec is replaced; run `pgwarden ctl init --force` again to reset the roles"
+                ),
+            }
             println!("cluster {} re-initialised: spec replaced, data directories untouched", store.cluster());
             Ok(())
         }

@@ -133,6 +133,31 @@ async fn ctl_refuses_unknown_cluster_and_malformed_spec() {
         shown.contains("max_lag_bytes = 4096") && shown.contains("work_mem = \"8MB\""),
         "{shown}"
     );
+    // Re-initialising needs --force, and --yes without a terminal.
+    let out = c.ctl(&["init"]);
+    assert!(
+        !out.status.success() && last_line(&out).contains("already exists"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.ctl(&["init", "--force"]);
+    assert!(
+        !out.status.success() && last_line(&out).contains("pass --yes"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.ctl(&["init", "--force", "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8(c.ctl(&["spec", "show"]).stdout).unwrap();
+    assert!(
+        shown.contains("max_lag_bytes = 16777216"),
+        "the spec was not replaced: {shown}"
+    );
+    assert_eq!(
+        c.status()["generation"],
+        1,
+        "the reset status must have a higher generation"
+    );
     let out = c.ctl(&["spec", "set", "pg_parameters.port=1"]);
     assert!(
         !out.status.success() && last_line(&out).contains("managed by pgwarden"),
