@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pgwarden_store::etcd_server::free_port;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(60);

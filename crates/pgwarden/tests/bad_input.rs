@@ -39,10 +39,7 @@ fn last_line(out: &std::process::Output) -> String {
 
 #[tokio::test]
 async fn ctl_reports_unreachable_etcd() {
-    let dead = format!(
-        "http://127.0.0.1:{}",
-        pgwarden_store::etcd_server::free_port()
-    );
+    let dead = format!("http://127.0.0.1:{}", free_port());
     let out = Command::new(bin())
         .args([
             "ctl",

@@ -18,7 +18,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pgwarden_core::keys;
-use pgwarden_store::etcd_server::free_port;
 use pgwarden_store::{Store, StoreOptions};
 use tokio::io::AsyncReadExt;
 

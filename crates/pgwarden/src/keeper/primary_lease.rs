@@ -23,6 +23,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// While fenced, how often the fencer checks for (and kills) a postmaster.
+const REFENCE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// The pid of the running postmaster (0 when none), shared with the fencer.
 pub type PostmasterPid = Arc<AtomicU32>;
 
@@ -33,6 +36,8 @@ pub struct PrimaryLease {
     uid: String,
     lease: LeaseKeeper,
     fencer: CancellationToken,
+    /// How long before `valid_until` the fencer kills postgres.
+    margin: Duration,
 }
 
 impl PrimaryLease {
@@ -59,14 +64,17 @@ impl PrimaryLease {
             uid: uid.to_string(),
             lease,
             fencer,
+            margin: ttl / 3,
         })
     }
 
     /// Makes sure the `primary` key names this keeper under the current,
     /// locally valid lease. True when it does.
     pub async fn try_hold(&self) -> bool {
+        // Only before the fencing deadline: past it the fencer kills postgres,
+        // so starting it would make a writable node nothing fences any more.
         let state = *self.lease.state().borrow();
-        let Some(id) = state.valid_at(Instant::now()) else {
+        let Some(id) = state.valid_at(Instant::now() + self.margin) else {
             return false;
         };
         let me = self.uid.as_bytes().to_vec();
@@ -155,9 +163,21 @@ async fn fence(
             }
             _ = expired => {
                 kill_postmaster(&postmaster, "the primary lease could not be renewed in time");
-                // Wait for a renewal (or a new lease) before arming again.
-                if state.changed().await.is_err() {
-                    return;
+                // Stay armed until a renewal: any postmaster started meanwhile
+                // is killed too.
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        changed = state.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        _ = tokio::time::sleep(REFENCE_INTERVAL) => {
+                            kill_postmaster(&postmaster, "the primary lease is still not renewed");
+                        }
+                    }
                 }
             }
         }
@@ -177,6 +197,8 @@ fn kill_postmaster(postmaster: &PostmasterPid, why: &str) {
             pid,
             "fenced: postgres killed because {why}; it must not accept writes without the lease"
         ),
+        // Already gone (killed a moment ago, or exited by itself).
+        Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::error!(pid, error = %e, "fencing: could not kill postgres ({why})"),
     }
 }

@@ -17,12 +17,29 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pgwarden_store::etcd_server::{free_port, EtcdServer};
+use pgwarden_store::etcd_server::EtcdServer;
 use serde_json::Value;
 
 pub const SU_PASSWORD: &str = "su-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const BIN: &str = env!("CARGO_BIN_EXE_pgwarden");
+
+/// A free TCP port for a test server, below the kernel's ephemeral range
+/// (32768+) so that no outgoing connection of any process is handed the same
+/// port between our check and the server's bind; each test process walks its
+/// own slice of the range.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 12_000 + (std::process::id() % 200) * 100;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+        let port = u16::try_from(12_000 + (base - 12_000 + offset) % 20_000).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
 
 /// The binary, copied where the `postgres` user can execute it: a checkout
 /// under /root is not traversable by other users.
