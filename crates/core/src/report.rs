@@ -59,10 +59,19 @@ pub struct KeeperReport {
     /// On a primary: the synchronous_standby_names in effect.
     #[serde(default)]
     pub sync_names_applied: Option<String>,
-    /// On a primary: the standbys (application names) pg_stat_replication
-    /// shows as synchronous ("sync" or "quorum"), sorted.
+    /// On a primary: the standbys (application names) its WAL senders treat
+    /// as synchronous candidates ("sync", "quorum" or "potential"), sorted.
     #[serde(default)]
     pub sync_confirmed: Vec<String>,
+    /// On a primary: its write position read just *after* it showed
+    /// `sync_names_applied`; every commit acknowledged under an older
+    /// setting is at or before it.
+    #[serde(default)]
+    pub sync_lsn: Option<Lsn>,
+    /// On a primary: how far each standby has flushed (pg_stat_replication),
+    /// read after `sync_lsn`.
+    #[serde(default)]
+    pub replica_flush: std::collections::BTreeMap<String, Lsn>,
     /// On a primary: the standbys pg_stat_replication shows streaming, sorted.
     /// A standby that died is gone from here at once, long before its
     /// keeper's report expires.
@@ -99,6 +108,8 @@ impl KeeperReport {
             nofailover: false,
             sync_names_applied: None,
             sync_confirmed: Vec::new(),
+            sync_lsn: None,
+            replica_flush: std::collections::BTreeMap::new(),
             replicas_streaming: Vec::new(),
             pending_restart: false,
             handled_node_request: 0,

@@ -127,6 +127,10 @@ impl PgClient {
             .password(&p.password)
             .dbname(&p.dbname)
             .application_name("pgwarden")
+            // The keeper's own statements (roles, slots, checkpoints) must
+            // never wait for a synchronous standby: in strict mode with none
+            // left, that would wedge the keeper itself.
+            .options("-c synchronous_commit=local")
             .connect_timeout(p.connect_timeout)
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(2))

@@ -188,7 +188,11 @@ async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
         .context("write the cluster status")?
     {
         CasOutcome::Written { .. } => {
-            if decision.next.generation != snap.status.generation {
+            let quiet = matches!(
+                decision.reason,
+                pgwarden_core::Reason::HealthChanged | pgwarden_core::Reason::Unchanged
+            );
+            if decision.next.generation != snap.status.generation || !quiet {
                 tracing::info!(
                     generation = decision.next.generation,
                     primary = decision.next.primary.as_deref().unwrap_or("-"),

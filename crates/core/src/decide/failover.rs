@@ -109,7 +109,7 @@ pub(super) fn best_candidate(
                 && (status.timeline == 0 || r.timeline == status.timeline)
                 && r.system_id.is_some_and(|sid| Some(sid) == status.system_id)
                 && matches!(status.members.get(&r.uid), Some(Assignment::Standby { .. }))
-                && super::sync::may_promote(status, &view.spec, &r.uid)
+                && super::sync::may_promote(status, view, &r.uid)
         })
         .filter_map(|r| {
             let lag = r.received_lsn()?.lag_behind(most_advanced);

@@ -131,7 +131,7 @@ pub(super) fn eligible(
     if r.nofailover {
         return Err(format!("{uid} is tagged nofailover"));
     }
-    if !super::sync::may_promote(next, &view.spec, uid) {
+    if !super::sync::may_promote(next, view, uid) {
         return Err(format!(
             "{uid} is not a synchronous standby (promotable: {}): it could lack acknowledged commits",
             next.sync_standbys.join(", ")

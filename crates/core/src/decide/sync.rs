@@ -2,60 +2,74 @@
 //! order that keeps the zero-loss promise.
 //!
 //! Two lists live in `status`:
-//! - `sync_names`: what the primary's `synchronous_standby_names` must list
-//!   (rendered as `ANY k (...)`); the primary's keeper applies it.
-//! - `sync_standbys`: who may be promoted. A node enters it only once the
-//!   primary *reports* the names that include it applied and shows it
-//!   synchronous in pg_stat_replication; it leaves only once the primary
-//!   reports names without it applied. So at every instant, every commit the
-//!   primary acknowledged is on at least one member of `sync_standbys`, and
-//!   promoting the most advanced member loses nothing.
+//! - `sync_names`: what the primary's `synchronous_standby_names` lists
+//!   (rendered `ANY k (...)`); the primary's keeper applies it.
+//! - `sync_standbys`: every standby that may hold an acknowledged commit the
+//!   others lack. A standby joins it the moment it is listed (it may confirm
+//!   commits as soon as the primary applies the list); it leaves only when
+//!   the primary reports a list without it in effect, its WAL senders no
+//!   longer treat it as a candidate, and a quorum of the listed standbys has
+//!   flushed past the primary's position read after that report — so every
+//!   commit it confirmed is held by a quorum of the current list.
 //!
-//! In `strict` mode a synchronous standby that fails is replaced when another
-//! healthy standby exists; when none does, the names stay and commits wait.
-//! In `on` mode the names empty out and commits continue asynchronously
-//! (documented as not zero-loss).
+//! Promotion in strict mode: a commit was confirmed by `k` members of the
+//! list in effect, so among any `|S| - k + 1` members of `S` at least one
+//! holds it, and WAL is sequential: the most advanced of them holds them all.
+//! decide therefore promotes only a member of `S`, only when at least
+//! `|S| - k + 1` members of `S` report, and only one at least as advanced as
+//! all of those.
+//!
+//! With no standby left, strict mode keeps the list (or, with an empty list, a
+//! name no standby uses), so commits wait. `on` mode empties the list and
+//! commits continue asynchronously: documented as not zero-loss.
 
 use std::collections::BTreeSet;
 
 use super::*;
+use crate::lsn::Lsn;
 use crate::spec::SyncMode;
+
+/// A standby name no keeper uses: strict mode lists it when it has no
+/// standby, so that commits wait instead of being confirmed by nobody.
+pub const NO_SYNC_STANDBY: &str = "pgwarden_no_sync_standby";
 
 /// `synchronous_standby_names` for `names` with a quorum of `min`.
 pub fn render_sync_names(names: &[String], min: u32, mode: SyncMode) -> String {
-    if names.is_empty() || mode == SyncMode::Off {
-        return String::new();
-    }
-    let len = u32::try_from(names.len()).unwrap_or(u32::MAX);
+    let listed: Vec<String> = match (mode, names.is_empty()) {
+        (SyncMode::Off, _) | (SyncMode::On, true) => return String::new(),
+        (SyncMode::Strict, true) => vec![NO_SYNC_STANDBY.to_string()],
+        _ => names.to_vec(),
+    };
+    let len = u32::try_from(listed.len()).unwrap_or(u32::MAX);
     // Strict keeps the quorum even if fewer are listed: commits then wait.
     let k = if mode == SyncMode::Strict {
         min
     } else {
         min.min(len)
     };
-    let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    format!("ANY {k} ({})", list.join(", "))
+    let quoted: Vec<String> = listed.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("ANY {k} ({})", quoted.join(", "))
 }
 
-/// Whether commits on the primary wait because no synchronous standby can
-/// confirm them (strict mode only).
+/// Whether commits on the primary wait because too few synchronous
+/// standbys stream (strict mode only).
 pub fn writes_blocked(
     spec: &Spec,
     status: &Status,
     keepers: &BTreeMap<String, KeeperReport>,
 ) -> bool {
-    if spec.sync_mode != SyncMode::Strict || status.primary.is_none() {
+    if spec.sync_mode != SyncMode::Strict {
         return false;
     }
     let Some(p) = status.primary.as_ref().and_then(|p| keepers.get(p)) else {
         return false;
     };
-    let confirmed = status
+    let streaming = status
         .sync_names
         .iter()
-        .filter(|n| p.sync_confirmed.contains(n))
+        .filter(|n| p.sync_confirmed.contains(n) && p.replicas_streaming.contains(n))
         .count();
-    u32::try_from(confirmed).unwrap_or(u32::MAX) < spec.min_sync_standbys
+    u32::try_from(streaming).unwrap_or(u32::MAX) < spec.min_sync_standbys
 }
 
 /// Healthy streaming standbys of `primary`, most advanced first: their
@@ -99,51 +113,52 @@ pub(super) fn maintain(next: &mut Status, view: &ClusterView, primary: &str) -> 
         next.sync_names.clear();
         next.sync_standbys.clear();
     } else {
+        let strict = spec.sync_mode == SyncMode::Strict;
+        let names: BTreeSet<String> = next.sync_names.iter().cloned().collect();
+        let mut may_hold: BTreeSet<String> = next.sync_standbys.iter().cloned().collect();
         let applied = p.sync_names_applied.as_deref().unwrap_or("")
             == render_sync_names(&next.sync_names, spec.min_sync_standbys, spec.sync_mode);
-        let names: BTreeSet<String> = next.sync_names.iter().cloned().collect();
-        let mut promotable: BTreeSet<String> = next.sync_standbys.iter().cloned().collect();
-        if applied {
-            // The applied names are exactly `names`: whoever is not listed
-            // can no longer have acknowledged a commit alone; whoever is
-            // listed and synchronous now holds every acknowledged commit.
-            promotable.retain(|u| names.contains(u));
-            promotable.extend(
-                names
-                    .iter()
-                    .filter(|u| p.sync_confirmed.contains(*u))
-                    .cloned(),
-            );
+        // Flushed past the primary's position read after the list in
+        // effect was observed.
+        let caught_up = |u: &String| {
+            p.sync_lsn
+                .is_some_and(|l| p.replica_flush.get(u).is_some_and(|f| *f >= l))
+        };
+        let quorum_caught_up = |set: &BTreeSet<String>| {
+            u32::try_from(set.iter().filter(|u| caught_up(u)).count()).unwrap_or(u32::MAX)
+                >= spec.min_sync_standbys
+        };
+        // Members that left the list in effect, no longer candidates for the
+        // WAL senders, with a quorum of the list holding what they confirmed.
+        if applied && (!strict || quorum_caught_up(&names)) {
+            may_hold.retain(|u| names.contains(u) || p.sync_confirmed.contains(u));
         }
         let healthy = healthy_standbys(next, view, primary);
         let max = usize::try_from(spec.max_sync_standbys).unwrap_or(usize::MAX);
-        // Keep healthy members of the set first (no churn), then the most advanced.
-        let mut wanted: Vec<String> = healthy
-            .iter()
-            .filter(|u| names.contains(*u))
-            .cloned()
-            .collect();
+        // Keep listed members the primary still sees streaming first (no
+        // churn: a standby's own report flaps when the primary dies, the
+        // primary's view does not), then the most advanced healthy others.
+        let kept = names.iter().filter(|u| {
+            p.replicas_streaming.contains(*u)
+                && view.keepers.get(*u).is_some_and(|r| usable(r) && r.healthy)
+        });
+        let mut wanted: Vec<String> = kept.cloned().collect();
         wanted.extend(healthy.iter().filter(|u| !names.contains(*u)).cloned());
         wanted.truncate(max);
-        let mut new_names: BTreeSet<String> = names
-            .union(&wanted.iter().cloned().collect())
-            .cloned()
-            .collect();
-        // Removing a name is safe once enough confirmed synchronous members
-        // remain (strict), or at once (on: it falls back to async anyway).
-        if applied && new_names.len() == names.len() {
-            let confirmed_wanted = wanted.iter().filter(|u| promotable.contains(*u)).count();
-            let can_drop = spec.sync_mode == SyncMode::On
-                || u32::try_from(confirmed_wanted).unwrap_or(u32::MAX) >= spec.min_sync_standbys;
-            if can_drop {
-                new_names.retain(|u| wanted.contains(u));
-            }
+        let wanted: BTreeSet<String> = wanted.into_iter().collect();
+        let mut new_names: BTreeSet<String> = names.union(&wanted).cloned().collect();
+        // Dropping a listed member: only once additions are in effect, and
+        // (strict) a quorum of the wanted members has caught up.
+        if applied && new_names == names && (!strict || quorum_caught_up(&wanted)) {
+            new_names.retain(|u| wanted.contains(u));
         }
-        if spec.sync_mode == SyncMode::On && wanted.is_empty() {
+        if !strict && wanted.is_empty() {
             new_names.clear();
         }
+        // Listed from now on: may confirm commits as soon as it is applied.
+        may_hold.extend(new_names.iter().cloned());
         next.sync_names = new_names.into_iter().collect();
-        next.sync_standbys = promotable.into_iter().collect();
+        next.sync_standbys = may_hold.into_iter().collect();
     }
     let changed = before != (next.sync_names.clone(), next.sync_standbys.clone());
     changed.then(|| Reason::SyncSetChanged {
@@ -152,22 +167,46 @@ pub(super) fn maintain(next: &mut Status, view: &ClusterView, primary: &str) -> 
     })
 }
 
-/// Whether `uid` may be promoted under the sync policy.
-pub(super) fn may_promote(status: &Status, spec: &Spec, uid: &str) -> bool {
+/// Whether `uid` may be promoted under the sync policy: a member of the set
+/// that may hold acknowledged commits, when enough of that set reports, and
+/// at least as advanced as every member that reports (strict); any node when
+/// the set is empty in `on` mode.
+pub(super) fn may_promote(status: &Status, view: &ClusterView, uid: &str) -> bool {
+    let spec = &view.spec;
     match spec.sync_mode {
         SyncMode::Off => true,
         SyncMode::On => {
             status.sync_standbys.is_empty() || status.sync_standbys.iter().any(|u| u == uid)
         }
-        SyncMode::Strict => status.sync_standbys.iter().any(|u| u == uid),
+        SyncMode::Strict => {
+            if !status.sync_standbys.iter().any(|u| u == uid) {
+                return false;
+            }
+            let reporting: Vec<Lsn> = status
+                .sync_standbys
+                .iter()
+                .filter_map(|u| view.keepers.get(u).and_then(|r| r.received_lsn()))
+                .collect();
+            let needed = status
+                .sync_standbys
+                .len()
+                .saturating_sub(usize::try_from(spec.min_sync_standbys).unwrap_or(usize::MAX))
+                + 1;
+            let floor = reporting.iter().max().copied().unwrap_or_default();
+            reporting.len() >= needed
+                && view
+                    .keepers
+                    .get(uid)
+                    .and_then(|r| r.received_lsn())
+                    .is_some_and(|l| l >= floor)
+        }
     }
 }
 
-/// The sync lists right after `new_primary` was promoted: nobody is
-/// promotable yet; in strict mode the other members are listed so that no
-/// commit is acknowledged before one of them confirms it.
+/// The sync lists right after `new_primary` was promoted: in strict mode the
+/// other members are listed (commits wait until one of them confirms) and
+/// may hold commits from then on; otherwise both lists start empty.
 pub(super) fn after_promotion(next: &mut Status, spec: &Spec, new_primary: &str) {
-    next.sync_standbys.clear();
     next.sync_names = match spec.sync_mode {
         SyncMode::Strict => next
             .members
@@ -177,4 +216,5 @@ pub(super) fn after_promotion(next: &mut Status, spec: &Spec, new_primary: &str)
             .collect(),
         _ => Vec::new(),
     };
+    next.sync_standbys = next.sync_names.clone();
 }

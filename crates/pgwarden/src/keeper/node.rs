@@ -70,7 +70,7 @@ pub struct Node {
     sync_names: String,
     /// On a primary: the synchronous_standby_names in effect and the
     /// standbys pg_stat_replication shows synchronous.
-    sync_observed: Option<(String, Vec<String>, Vec<String>)>,
+    sync_observed: Option<SyncObserved>,
     /// A failover or switchover is between its two steps: report often, the
     /// sentinel is waiting on our positions.
     failover_in_progress: bool,
@@ -700,10 +700,9 @@ impl Node {
     }
 
     /// On a writable primary: what synchronous replication is in effect.
-    async fn observe_sync(
-        &mut self,
-        pg: Option<&PgStatus>,
-    ) -> Option<(String, Vec<String>, Vec<String>)> {
+    /// The order matters (see decide::sync): the setting first, then the
+    /// write position, then each standby's flush position.
+    async fn observe_sync(&mut self, pg: Option<&PgStatus>) -> Option<SyncObserved> {
         if pg.is_none_or(|s| s.in_recovery) {
             return None;
         }
@@ -712,22 +711,37 @@ impl Node {
             .query_one_string("SHOW synchronous_standby_names")
             .await
             .ok()??;
+        let lsn = client
+            .query_one_string("SELECT pg_current_wal_lsn()::text")
+            .await
+            .ok()??
+            .parse()
+            .ok()?;
         let peers = client.replication_stats().await.ok()?;
-        let mut confirmed: Vec<String> = peers
+        let streaming = |p: &&pgwarden_pg::ReplicationPeer| p.state == "streaming";
+        let mut candidates: Vec<String> = peers
             .iter()
-            .filter(|p| {
-                p.state == "streaming" && matches!(p.sync_state.as_str(), "sync" | "quorum")
-            })
+            .filter(|p| matches!(p.sync_state.as_str(), "sync" | "quorum" | "potential"))
             .map(|p| p.application_name.clone())
             .collect();
-        confirmed.sort();
-        let mut streaming: Vec<String> = peers
+        candidates.sort();
+        let mut streaming_names: Vec<String> = peers
             .iter()
-            .filter(|p| p.state == "streaming")
+            .filter(streaming)
             .map(|p| p.application_name.clone())
             .collect();
-        streaming.sort();
-        Some((applied, confirmed, streaming))
+        streaming_names.sort();
+        let flush = peers
+            .iter()
+            .filter_map(|p| p.flush_lsn.map(|f| (p.application_name.clone(), f)))
+            .collect();
+        Some(SyncObserved {
+            applied,
+            lsn,
+            candidates,
+            streaming: streaming_names,
+            flush,
+        })
     }
 
     /// Lets postgres itself check the spec's parameters before they are
@@ -801,10 +815,12 @@ impl Node {
         r.nofailover = self.cfg.nofailover;
         r.pending_restart = self.pending_restart;
         r.handled_node_request = self.handled_node_request;
-        if let Some((applied, confirmed, streaming)) = &self.sync_observed {
-            r.sync_names_applied = Some(applied.clone());
-            r.sync_confirmed = confirmed.clone();
-            r.replicas_streaming = streaming.clone();
+        if let Some(o) = &self.sync_observed {
+            r.sync_names_applied = Some(o.applied.clone());
+            r.sync_confirmed = o.candidates.clone();
+            r.replicas_streaming = o.streaming.clone();
+            r.sync_lsn = Some(o.lsn);
+            r.replica_flush = o.flush.clone();
         }
         r.system_id = self.system_id;
         r.error = self.last_error.clone();
@@ -846,6 +862,21 @@ impl Node {
             lease.release().await;
         }
     }
+}
+
+/// What a primary shows of synchronous replication, for its report.
+#[derive(Debug, Clone)]
+struct SyncObserved {
+    /// synchronous_standby_names in effect.
+    applied: String,
+    /// Write position read after `applied`.
+    lsn: pgwarden_core::Lsn,
+    /// Standbys the WAL senders treat as synchronous candidates.
+    candidates: Vec<String>,
+    /// Standbys streaming.
+    streaming: Vec<String>,
+    /// Each standby's flush position.
+    flush: std::collections::BTreeMap<String, pgwarden_core::Lsn>,
 }
 
 /// One slot per member that streams from this node.
