@@ -55,10 +55,23 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// A local 3-node cluster with etcd and a sentinel, on loopback.
     Demo(demo::DemoArgs),
+    /// Internal: the keeper's out-of-process fencer (see keeper/watchdog.rs).
+    #[command(hide = true)]
+    FenceWatchdog,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::FenceWatchdog = cli.command {
+        // Plain threads, no runtime: it must stay small and independent.
+        return match keeper::watchdog::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,6 +92,7 @@ fn main() -> ExitCode {
             Command::Sentinel(args) => sentinel::run(args, cancel).await,
             Command::Proxy(args) => proxy::run(args, cancel).await,
             Command::Demo(args) => demo::run(args, cancel).await,
+            Command::FenceWatchdog => Ok(()),
         }
     });
     match result {

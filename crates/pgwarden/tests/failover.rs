@@ -338,3 +338,31 @@ async fn two_failovers_in_a_row() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_keeper_is_fenced_before_a_standby_is_promoted() {
+    let (c, primary, standbys) = three_node_cluster(&["sentinel1"]).await;
+    write_and_sync(&c, &primary, &standbys, 1, 100).await;
+    // A client that stays connected to the old primary, as an application
+    // with a connection pool would.
+    let stuck = connect(c.port_of(&primary)).await.unwrap();
+    let watch = SplitBrainWatch::start(&c);
+    let t0 = Instant::now();
+    // The keeper freezes (it runs no code), its postgres does not.
+    c.signal(&primary, Signal::SIGSTOP);
+    let (new_primary, took) = wait_new_primary(&c, &primary, t0).await;
+    eprintln!("frozen-keeper failover: {new_primary} writable after {took:?}");
+    assert!(
+        stuck
+            .batch_execute("INSERT INTO acked VALUES (-1)")
+            .await
+            .is_err(),
+        "the frozen keeper's postgres still accepted a write"
+    );
+    watch.finish().await;
+    // Thawed, the old keeper finds itself deposed and rejoins as a standby.
+    c.signal(&primary, Signal::SIGCONT);
+    let s = c.wait_converged(2, CONVERGE).await;
+    assert_eq!(s["primary"], new_primary.as_str());
+    assert_eq!(count_acked(c.port_of(&new_primary)).await, 100);
+}

@@ -8,6 +8,7 @@
 pub mod config;
 mod node;
 mod primary_lease;
+pub mod watchdog;
 
 use std::time::Duration;
 
@@ -63,7 +64,8 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
         );
     }
     tracker.close();
-    let result = Node::new(cfg, store, bins, local)
+    let watchdog = watchdog::Watchdog::start().context("start the fencing watchdog")?;
+    let result = Node::new(watchdog, cfg, store, bins, local)
         .run(cancel.clone())
         .instrument(span)
         .await;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::KeeperConfig;
 use super::primary_lease::{PostmasterPid, PrimaryLease};
+use super::watchdog::Watchdog;
 use super::TICK;
 use crate::view;
 
@@ -60,6 +61,8 @@ pub struct LocalState {
 
 pub struct Node {
     local: watch::Sender<Option<LocalState>>,
+    /// Kills postgres if this process cannot (frozen).
+    watchdog: Watchdog,
     /// The last node request (restart, reinit) carried out.
     handled_node_request: u64,
     /// The pg_parameters postgres last accepted.
@@ -108,12 +111,14 @@ struct Observation {
 
 impl Node {
     pub fn new(
+        watchdog: Watchdog,
         cfg: KeeperConfig,
         store: Store,
         bins: PgBins,
         local: watch::Sender<Option<LocalState>>,
     ) -> Self {
         Node {
+            watchdog,
             local,
             handled_node_request: 0,
             checked_parameters: None,
@@ -335,7 +340,7 @@ impl Node {
             tracing::warn!("postgres is not running: {info}");
             self.crashed_at = Some(tokio::time::Instant::now());
             self.postmaster = None;
-            self.postmaster_pid.store(0, Ordering::SeqCst);
+            self.set_postmaster_pid(0);
             self.client = None;
             self.role_ready = false;
         }
@@ -543,7 +548,7 @@ impl Node {
             PgAction::Start => {
                 tracing::info!("postgres: starting");
                 let pm = Postmaster::spawn(&self.bins, &dir, None)?;
-                self.postmaster_pid.store(pm.pid(), Ordering::SeqCst);
+                self.set_postmaster_pid(pm.pid());
                 self.postmaster = Some(pm);
                 self.crashed_at = None;
                 self.role_ready = false;
@@ -554,7 +559,7 @@ impl Node {
                 if let Some(pm) = self.postmaster.take() {
                     pm.stop(STOP_TIMEOUT).await?;
                 }
-                self.postmaster_pid.store(0, Ordering::SeqCst);
+                self.set_postmaster_pid(0);
                 self.client = None;
                 // The end of WAL after a clean shutdown is its shutdown
                 // checkpoint: a switchover target must have received past it.
@@ -758,10 +763,17 @@ impl Node {
         Ok(())
     }
 
+    /// Records the running postmaster for the fencer and the watchdog.
+    fn set_postmaster_pid(&self, pid: u32) {
+        self.postmaster_pid.store(pid, Ordering::SeqCst);
+        self.watchdog.set_postmaster(pid);
+    }
+
     /// Starts the primary lease if needed and tries to hold the key.
     async fn hold_primary_lease(&mut self, spec: &Spec) -> bool {
         if self.primary_lease.is_none() {
             match PrimaryLease::start(
+                self.watchdog.clone(),
                 &self.store,
                 &self.cfg.uid,
                 spec.primary_lease_ttl.0,

@@ -19,6 +19,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pgwarden_core::keys;
 use pgwarden_store::{LeaseKeeper, LeaseState, Store, StoreOptions};
+
+use super::watchdog::Watchdog;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,12 +40,15 @@ pub struct PrimaryLease {
     fencer: CancellationToken,
     /// How long before `valid_until` the fencer kills postgres.
     margin: Duration,
+    /// The out-of-process fencer, told every deadline.
+    watchdog: Watchdog,
 }
 
 impl PrimaryLease {
     /// Starts renewing a lease of `ttl` and fencing on its behalf. The key is
     /// not written until [`PrimaryLease::try_hold`].
     pub fn start(
+        watchdog: Watchdog,
         store: &Store,
         uid: &str,
         ttl: Duration,
@@ -58,13 +63,20 @@ impl PrimaryLease {
         let store = Store::new(store.endpoints(), store.cluster(), options)?;
         let lease = LeaseKeeper::spawn(store.clone(), ttl, CancellationToken::new());
         let fencer = CancellationToken::new();
-        tokio::spawn(fence(lease.state(), ttl / 3, postmaster, fencer.clone()));
+        tokio::spawn(fence(
+            lease.state(),
+            ttl / 3,
+            postmaster,
+            watchdog.clone(),
+            fencer.clone(),
+        ));
         Ok(PrimaryLease {
             store,
             uid: uid.to_string(),
             lease,
             fencer,
             margin: ttl / 3,
+            watchdog,
         })
     }
 
@@ -118,6 +130,7 @@ impl PrimaryLease {
     /// Call only once postgres no longer accepts writes.
     pub async fn release(self) {
         self.fencer.cancel();
+        self.watchdog.disarm();
         if let Some(id) = self.lease.state().borrow().id {
             let _ = self.store.delete_if_lease(keys::PRIMARY, id).await;
         }
@@ -132,6 +145,7 @@ async fn fence(
     mut state: watch::Receiver<LeaseState>,
     margin: Duration,
     postmaster: PostmasterPid,
+    watchdog: Watchdog,
     stop: CancellationToken,
 ) {
     let mut ever_valid = false;
@@ -140,7 +154,11 @@ async fn fence(
         let deadline = match current.valid_until {
             Some(until) => {
                 ever_valid = true;
-                Some(until.checked_sub(margin).unwrap_or(until))
+                let deadline = until.checked_sub(margin).unwrap_or(until);
+                // The same deadline for the watchdog, which acts even if
+                // this process is frozen.
+                watchdog.arm(deadline.saturating_duration_since(Instant::now()));
+                Some(deadline)
             }
             // Lost after having held it: the deadline has passed.
             None if ever_valid => Some(Instant::now()),

@@ -1,0 +1,197 @@
+//! The fencing watchdog: a separate process that kills postgres when the
+//! keeper cannot.
+//!
+//! The keeper fences postgres itself when its lease renewals stop (see
+//! `primary_lease`), but a keeper that is *frozen* (SIGSTOP, a stuck
+//! hypervisor vCPU, a debugger) runs no code at all, while its postgres,
+//! in its own process group, goes on accepting writes on connections that
+//! are already open. So the keeper tells this small process, after every
+//! renewal, the monotonic-clock instant by which it must have renewed again;
+//! the watchdog, in a process group of its own, kills postgres' group when
+//! that instant passes without news. If the keeper dies, its pipe closes and
+//! the watchdog kills a primary's postgres at once.
+//!
+//! Protocol on stdin, one command per line: `pid N` (postmaster process
+//! group, 0 for none), `deadline NS` (CLOCK_MONOTONIC nanoseconds), `clear`
+//! (no deadline: not primary).
+
+use std::io::{BufRead, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::time::{clock_gettime, ClockId};
+use nix::unistd::Pid;
+
+/// Nanoseconds on CLOCK_MONOTONIC, which both processes share.
+pub fn monotonic_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pgid: i32,
+    deadline_ns: Option<u64>,
+    keeper_gone: bool,
+}
+
+/// Runs the watchdog (`pgwarden fence-watchdog`) until its stdin closes.
+pub fn run() -> anyhow::Result<()> {
+    let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+    let reader = shared.clone();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            let (lock, cv) = &*reader;
+            let Ok(mut s) = lock.lock() else { return };
+            let mut words = line.split_whitespace();
+            match (
+                words.next(),
+                words.next().and_then(|w| w.parse::<u64>().ok()),
+            ) {
+                (Some("pid"), Some(p)) => s.pgid = i32::try_from(p).unwrap_or(0),
+                (Some("deadline"), Some(ns)) => s.deadline_ns = Some(ns),
+                (Some("clear"), _) => s.deadline_ns = None,
+                _ => eprintln!("fence-watchdog: ignoring {line:?}"),
+            }
+            cv.notify_all();
+        }
+        let (lock, cv) = &*reader;
+        if let Ok(mut s) = lock.lock() {
+            s.keeper_gone = true;
+        }
+        cv.notify_all();
+    });
+    let (lock, cv) = &*shared;
+    let mut s = lock
+        .lock()
+        .map_err(|_| anyhow::anyhow!("watchdog state poisoned"))?;
+    loop {
+        let now = monotonic_ns();
+        if s.keeper_gone {
+            // A primary's keeper died: nothing will renew its lease.
+            if s.deadline_ns.is_some() {
+                fence(s.pgid, "its keeper is gone");
+            }
+            return Ok(());
+        }
+        match s.deadline_ns {
+            Some(d) if now >= d => {
+                fence(
+                    s.pgid,
+                    "its keeper did not renew the primary lease in time (frozen or stuck)",
+                );
+                // Keep killing anything started until the keeper renews again.
+                s.deadline_ns = Some(now + 50_000_000);
+            }
+            Some(d) => {
+                let wait = Duration::from_nanos(d - now);
+                s = cv
+                    .wait_timeout(s, wait)
+                    .map_err(|_| anyhow::anyhow!("watchdog state poisoned"))?
+                    .0;
+            }
+            None => {
+                s = cv
+                    .wait(s)
+                    .map_err(|_| anyhow::anyhow!("watchdog state poisoned"))?;
+            }
+        }
+    }
+}
+
+fn fence(pgid: i32, why: &str) {
+    if pgid <= 0 {
+        return;
+    }
+    match kill(Pid::from_raw(-pgid), Signal::SIGKILL) {
+        Ok(()) => eprintln!("fence-watchdog: killed postgres (process group {pgid}) because {why}"),
+        Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => eprintln!("fence-watchdog: could not kill postgres (process group {pgid}): {e}"),
+    }
+}
+
+/// The keeper's handle on its watchdog process.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    inner: Arc<Mutex<Option<(Child, ChildStdin)>>>,
+    pgid: Arc<Mutex<u32>>,
+}
+
+impl Watchdog {
+    /// Starts the watchdog process, in a process group of its own so that a
+    /// stop signal sent to the keeper's group does not freeze it too.
+    pub fn start() -> anyhow::Result<Watchdog> {
+        let w = Watchdog {
+            inner: Arc::new(Mutex::new(None)),
+            pgid: Arc::new(Mutex::new(0)),
+        };
+        w.spawn()?;
+        Ok(w)
+    }
+
+    fn spawn(&self) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("fence-watchdog")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("watchdog stdin"))?;
+        if let Ok(mut g) = self.inner.lock() {
+            *g = Some((child, stdin));
+        }
+        let pgid = self.pgid.lock().map(|p| *p).unwrap_or(0);
+        self.send(&format!("pid {pgid}"));
+        Ok(())
+    }
+
+    fn send(&self, line: &str) {
+        let failed = match self.inner.lock() {
+            Ok(mut g) => match g.as_mut() {
+                Some((_, stdin)) => writeln!(stdin, "{line}")
+                    .and_then(|()| stdin.flush())
+                    .is_err(),
+                None => true,
+            },
+            Err(_) => true,
+        };
+        if failed {
+            tracing::error!("the fencing watchdog is gone: starting it again");
+            if let Err(e) = self.spawn() {
+                tracing::error!(error = %e, "cannot start the fencing watchdog");
+            }
+        }
+    }
+
+    /// The postmaster's process group (0: none).
+    pub fn set_postmaster(&self, pgid: u32) {
+        if let Ok(mut p) = self.pgid.lock() {
+            *p = pgid;
+        }
+        self.send(&format!("pid {pgid}"));
+    }
+
+    /// Postgres must die if nothing is heard by `deadline` (from now).
+    pub fn arm(&self, in_: Duration) {
+        let ns = monotonic_ns() + u64::try_from(in_.as_nanos()).unwrap_or(u64::MAX / 2);
+        self.send(&format!("deadline {ns}"));
+    }
+
+    /// Not primary any more: no deadline.
+    pub fn disarm(&self) {
+        self.send("clear");
+    }
+}
