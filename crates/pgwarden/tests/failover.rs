@@ -35,12 +35,6 @@ async fn three_node_cluster(sentinels: &[&str]) -> (TestCluster, String, Vec<Str
     (c, primary, standbys)
 }
 
-/// The postmaster pid from postmaster.pid.
-fn postmaster_pid(c: &TestCluster, uid: &str) -> i32 {
-    let text = std::fs::read_to_string(c.keepers[uid].data_dir.join("postmaster.pid")).unwrap();
-    text.lines().next().unwrap().trim().parse().unwrap()
-}
-
 /// Writes `n` rows on the primary and waits until every standby replayed them.
 async fn write_and_sync(c: &TestCluster, primary: &str, standbys: &[String], from: i32, n: i32) {
     let p = connect(c.port_of(primary)).await.unwrap();
@@ -184,10 +178,8 @@ async fn host_loss_promotes_a_caught_up_standby_and_the_old_primary_rejoins_with
     write_and_sync(&c, &primary, &standbys, 1, 1000).await;
     let watch = SplitBrainWatch::start(&c);
     // The host dies: keeper and postmaster (and its backends) at once.
-    let pm = postmaster_pid(&c, &primary);
     let t0 = Instant::now();
-    kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
-    c.stop(&primary, Signal::SIGKILL);
+    c.kill_host(&primary);
     let (new_primary, took) = wait_new_primary(&c, &primary, t0).await;
     eprintln!("host-loss failover: {new_primary} writable after {took:?}");
     assert!(standbys.contains(&new_primary));
@@ -238,7 +230,7 @@ async fn killing_only_the_primary_keeper_never_leaves_two_writable_nodes() {
     let (mut c, primary, standbys) = three_node_cluster(&["sentinel1"]).await;
     write_and_sync(&c, &primary, &standbys, 1, 100).await;
     let watch = SplitBrainWatch::start(&c);
-    let pm = postmaster_pid(&c, &primary);
+    let pm = c.postmaster_pid(&primary);
     let t0 = Instant::now();
     c.stop(&primary, Signal::SIGKILL);
     // The postmaster dies with its keeper (parent-death signal).
@@ -263,7 +255,7 @@ async fn killing_only_postgres_on_the_primary_fails_over_to_a_caught_up_standby(
     let (c, primary, standbys) = three_node_cluster(&["sentinel1"]).await;
     write_and_sync(&c, &primary, &standbys, 1, 100).await;
     let watch = SplitBrainWatch::start(&c);
-    let pm = postmaster_pid(&c, &primary);
+    let pm = c.postmaster_pid(&primary);
     let t0 = Instant::now();
     kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
     let (new_primary, took) = wait_new_primary(&c, &primary, t0).await;
@@ -287,10 +279,8 @@ async fn a_failover_completes_when_the_leader_sentinel_dies_in_the_middle() {
         pgwarden_store::Store::new(&[c.etcd.endpoint()], &c.name, Default::default()).unwrap();
     let leader =
         String::from_utf8(store.get("sentinels/leader").await.unwrap().unwrap().value).unwrap();
-    let pm = postmaster_pid(&c, &primary);
     let t0 = Instant::now();
-    kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
-    c.stop(&primary, Signal::SIGKILL);
+    c.kill_host(&primary);
     c.stop(&leader, Signal::SIGKILL);
     let (new_primary, took) = wait_new_primary(&c, &primary, t0).await;
     eprintln!("failover with the leader sentinel killed: {new_primary} writable after {took:?}");
@@ -304,17 +294,12 @@ async fn a_failover_completes_when_the_leader_sentinel_dies_in_the_middle() {
 async fn two_failovers_in_a_row() {
     let (mut c, first, standbys) = three_node_cluster(&["sentinel1"]).await;
     write_and_sync(&c, &first, &standbys, 1, 100).await;
-    let kill_host = |c: &mut TestCluster, uid: &str| {
-        let pm = postmaster_pid(c, uid);
-        kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
-        c.stop(uid, Signal::SIGKILL);
-    };
-    kill_host(&mut c, &first);
+    c.kill_host(&first);
     let (second, _) = wait_new_primary(&c, &first, Instant::now()).await;
     let last = standbys.iter().find(|u| **u != second).unwrap().clone();
     // The remaining standby follows the new primary and catches up.
     write_and_sync(&c, &second, std::slice::from_ref(&last), 101, 100).await;
-    kill_host(&mut c, &second);
+    c.kill_host(&second);
     let t0 = Instant::now();
     let deadline = Instant::now() + FAILOVER;
     loop {

@@ -9,23 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
 async fn cluster() -> (TestCluster, String, Vec<String>) {
-    let mut c = TestCluster::initialised().await;
-    c.spawn_sentinel("sentinel1");
-    c.spawn_keepers(&["k1", "k2", "k3"]);
-    let s = c.wait_converged(2, CONVERGE).await;
-    let primary = s["primary"].as_str().unwrap().to_string();
-    let standbys = ["k1", "k2", "k3"]
-        .iter()
-        .filter(|u| **u != primary)
-        .map(|u| u.to_string())
-        .collect();
-    (c, primary, standbys)
+    TestCluster::three_nodes().await
 }
 
 fn ctl_ok(c: &TestCluster, args: &[&str]) -> String {
@@ -185,15 +173,7 @@ async fn paused_cluster_does_not_fail_over_until_the_operator_says_so() {
     assert!(ctl_ok(&c, &["pause"]).contains("paused"));
     assert_eq!(c.status()["paused"], true);
     assert!(ctl_ok(&c, &["status"]).contains("PAUSED"));
-    let pm: i32 = std::fs::read_to_string(c.keepers[&primary].data_dir.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
-    c.stop(&primary, Signal::SIGKILL);
+    c.kill_host(&primary);
     // Well past the lease TTL: still no promotion, the keepers keep running.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let s = c.status();

@@ -143,15 +143,7 @@ async fn only_the_synchronous_standby_is_promoted() {
         !blocked.is_finished(),
         "a commit k3 did not confirm was acknowledged"
     );
-    let pm: i32 = std::fs::read_to_string(c.keepers["k1"].data_dir.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
-    c.stop("k1", Signal::SIGKILL);
+    c.kill_host("k1");
     // k3 must be able to finish its promotion.
     kill(Pid::from_raw(receiver), Signal::SIGCONT).unwrap();
     let new_primary = wait_for("a new primary", CONVERGE, || {
@@ -174,8 +166,7 @@ async fn only_the_synchronous_standby_is_promoted() {
 
 /// The pid of a node's WAL receiver process (a child of its postmaster).
 fn walreceiver_pid(c: &TestCluster, uid: &str) -> i32 {
-    let pm = std::fs::read_to_string(c.keepers[uid].data_dir.join("postmaster.pid")).unwrap();
-    let pm: i32 = pm.lines().next().unwrap().trim().parse().unwrap();
+    let pm = c.postmaster_pid(uid);
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;

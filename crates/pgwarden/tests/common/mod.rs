@@ -272,6 +272,36 @@ impl TestCluster {
         self.keepers[uid].pg_port
     }
 
+    /// The postmaster pid from a node's postmaster.pid.
+    pub fn postmaster_pid(&self, uid: &str) -> i32 {
+        let text =
+            std::fs::read_to_string(self.keepers[uid].data_dir.join("postmaster.pid")).unwrap();
+        text.lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    /// The host dies: its postgres (whole process group) and its keeper at once.
+    pub fn kill_host(&mut self, uid: &str) {
+        let pm = self.postmaster_pid(uid);
+        kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
+        self.stop(uid, Signal::SIGKILL);
+    }
+
+    /// Initialised cluster, one sentinel, keepers k1..k3 converged; returns
+    /// it with the primary and the standbys.
+    pub async fn three_nodes() -> (TestCluster, String, Vec<String>) {
+        let mut c = TestCluster::initialised().await;
+        c.spawn_sentinel("sentinel1");
+        c.spawn_keepers(&["k1", "k2", "k3"]);
+        let s = c.wait_converged(2, Duration::from_secs(90)).await;
+        let primary = s["primary"].as_str().unwrap().to_string();
+        let standbys = ["k1", "k2", "k3"]
+            .iter()
+            .filter(|u| **u != primary)
+            .map(|u| u.to_string())
+            .collect();
+        (c, primary, standbys)
+    }
+
     /// The command line of `pgwarden proxy` listening on 127.0.0.1.
     pub fn proxy_command(&self, id: &str, port: u16, read_only_port: u16) -> Command {
         let mut cmd = self.command();
