@@ -30,11 +30,13 @@ pub const WARN_INTERVAL: Duration = Duration::from_secs(5);
 /// does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Allows a log line at most once per interval and counts what it held back.
+/// Allows a log line at most once per interval and counts what it held back;
+/// a line with a different reason than the last one is always allowed, so
+/// that a change of reason is never hidden.
 #[derive(Debug)]
 pub struct RateLimited {
     interval: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
+    state: Mutex<(Option<Instant>, u64, String)>,
 }
 
 impl RateLimited {
@@ -42,22 +44,27 @@ impl RateLimited {
     pub fn new(interval: Duration) -> Self {
         RateLimited {
             interval,
-            state: Mutex::new((None, 0)),
+            state: Mutex::new((None, 0, String::new())),
         }
     }
 
     /// `Some(lines held back since the last one)` when a line may be logged now.
     pub fn allow(&self) -> Option<u64> {
+        self.allow_for("")
+    }
+
+    /// Like [`RateLimited::allow`], for a line about `reason`.
+    pub fn allow_for(&self, reason: &str) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match state.0 {
-            Some(last) if now.duration_since(last) < self.interval => {
+            Some(last) if now.duration_since(last) < self.interval && state.2 == reason => {
                 state.1 += 1;
                 None
             }
             _ => {
                 let held_back = state.1;
-                *state = (Some(now), 0);
+                *state = (Some(now), 0, reason.to_string());
                 Some(held_back)
             }
         }
@@ -137,7 +144,7 @@ pub async fn serve(
         let target = match pick {
             Ok(t) => t,
             Err(why) => {
-                if let Some(held_back) = refused.allow() {
+                if let Some(held_back) = refused.allow_for(&why.to_string()) {
                     tracing::warn!(port = %port, %peer, held_back, "closing a new client connection: {why}");
                 }
                 continue;
