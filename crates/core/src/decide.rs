@@ -132,6 +132,9 @@ pub enum Reason {
         /// The target.
         uid: String,
     },
+    /// Strict mode: waiting for enough synchronous standbys to report
+    /// positions read after the deposition.
+    WaitingForPositions,
     /// Nobody could take over; the deposed primary is primary again.
     Reinstated {
         /// The node.
@@ -194,6 +197,10 @@ impl fmt::Display for Reason {
             Reason::WaitingForCatchUp { uid } => {
                 write!(f, "waiting for {uid} to receive all the old primary wrote")
             }
+            Reason::WaitingForPositions => write!(
+                f,
+                "waiting for the synchronous standbys to report positions read after the deposition"
+            ),
             Reason::Reinstated { uid } => {
                 write!(f, "{uid} reinstated as primary: no standby could take over")
             }
@@ -226,6 +233,22 @@ impl Decision {
 /// Decides the next status. Pure: same view, same decision.
 pub fn decide(view: &ClusterView) -> Decision {
     let mut next = view.status.clone();
+    // The cluster's timeline is the newest any member of its system reports:
+    // a primary promoted and deposed before it was seen as primary must not
+    // leave the status on the older timeline (its standbys would then not be
+    // rewound before following the next one).
+    if let Some(sid) = next.system_id {
+        let newest = view
+            .keepers
+            .values()
+            .filter(|r| usable(r) && r.system_id == Some(sid))
+            .map(|r| r.timeline)
+            .max()
+            .unwrap_or(0);
+        if newest > next.timeline {
+            next.timeline = newest;
+        }
+    }
     let request = requests::handle_request(&mut next, view);
     let reason = match next.primary.clone() {
         None if next.deposed.is_some() => promote(&mut next, view),

@@ -153,6 +153,12 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
     if !lagging.is_empty() {
         return Reason::WaitingForProxies { ids: lagging };
     }
+    if super::sync::awaiting_fresh_positions(next, view)
+        && view.now_ms.saturating_sub(next.primary_since_ms)
+            < view.spec.promotion_timeout.as_millis()
+    {
+        return Reason::WaitingForPositions;
+    }
     let chosen = match next.target.clone() {
         Some(t) if super::requests::eligible(next, view, &t, next.target_forced).is_ok() => {
             let r = &view.keepers[&t];

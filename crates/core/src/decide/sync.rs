@@ -182,10 +182,18 @@ pub(super) fn may_promote(status: &Status, view: &ClusterView, uid: &str) -> boo
             if !status.sync_standbys.iter().any(|u| u == uid) {
                 return false;
             }
+            let fresh = |r: &&KeeperReport| {
+                status.deposed.is_none() || r.applied_generation >= status.generation
+            };
             let reporting: Vec<Lsn> = status
                 .sync_standbys
                 .iter()
-                .filter_map(|u| view.keepers.get(u).and_then(|r| r.received_lsn()))
+                .filter_map(|u| {
+                    view.keepers
+                        .get(u)
+                        .filter(fresh)
+                        .and_then(|r| r.received_lsn())
+                })
                 .collect();
             let needed = status
                 .sync_standbys
@@ -197,6 +205,7 @@ pub(super) fn may_promote(status: &Status, view: &ClusterView, uid: &str) -> boo
                 && view
                     .keepers
                     .get(uid)
+                    .filter(fresh)
                     .and_then(|r| r.received_lsn())
                     .is_some_and(|l| l >= floor)
         }
@@ -217,4 +226,28 @@ pub(super) fn after_promotion(next: &mut Status, spec: &Spec, new_primary: &str)
         _ => Vec::new(),
     };
     next.sync_standbys = next.sync_names.clone();
+}
+
+/// Strict mode, deposed: enough members of the set report, but not enough
+/// have published positions read after the deposition yet.
+pub(super) fn awaiting_fresh_positions(status: &Status, view: &ClusterView) -> bool {
+    if view.spec.sync_mode != SyncMode::Strict || status.deposed.is_none() {
+        return false;
+    }
+    let needed = status
+        .sync_standbys
+        .len()
+        .saturating_sub(usize::try_from(view.spec.min_sync_standbys).unwrap_or(usize::MAX))
+        + 1;
+    let reports: Vec<&KeeperReport> = status
+        .sync_standbys
+        .iter()
+        .filter_map(|u| view.keepers.get(u))
+        .filter(|r| r.received_lsn().is_some())
+        .collect();
+    let fresh = reports
+        .iter()
+        .filter(|r| r.applied_generation >= status.generation)
+        .count();
+    reports.len() >= needed && fresh < needed
 }

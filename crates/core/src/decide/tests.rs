@@ -519,7 +519,7 @@ fn ineligible_standbys_are_never_promoted() {
     // nofailover, another timeline, unhealthy, or reporting an error.
     for tweak in [
         (|r: &mut KeeperReport| r.nofailover = true) as fn(&mut KeeperReport),
-        |r| r.timeline = 2,
+        |r| r.timeline = 0,
         |r| r.healthy = false,
         |r| r.error = Some("x".into()),
         |r| r.role = ObservedRole::Stopped,
@@ -998,3 +998,16 @@ mod requests {
 }
 
 mod sync;
+
+#[test]
+fn a_standby_on_an_older_timeline_is_not_promoted() {
+    // c already follows a newer timeline (2) than b (1): the cluster is on 2.
+    let d = running()
+        .standby("b", 0x9000)
+        .standby("c", 0x1000)
+        .tweak("c", |r| r.timeline = 2)
+        .primary_gone()
+        .decide();
+    assert_eq!(d.next.timeline, 2, "the newest timeline any member reports");
+    assert_eq!(primary_of(&d), Some("c"));
+}

@@ -12,7 +12,15 @@ fn strict() -> Cluster {
         .standby("c", 0x2FFF000)
         .tweak("b", |r| r.streaming = true)
         .tweak("c", |r| r.streaming = true)
+        .tweak("b", fresh)
+        .tweak("c", fresh)
         .spec(|s| s.sync_mode = SyncMode::Strict)
+}
+
+/// The keeper has carried out every generation these tests reach, so its
+/// positions were read after any deposition.
+fn fresh(r: &mut KeeperReport) {
+    r.applied_generation = 99;
 }
 
 /// The primary reports `names` in effect, `candidates` treated as synchronous
@@ -269,4 +277,26 @@ fn a_standby_the_primary_no_longer_sees_is_replaced_before_its_report_expires() 
     let c = primary_applied(strict().status(settled), &["b"], &["b"], &[])
         .tweak("a", |r| r.replicas_streaming = vec!["c".into()]);
     assert_eq!(lists(&c.decide()), (vec!["b", "c"], vec!["b", "c"]));
+}
+
+#[test]
+fn strict_promotion_waits_for_positions_read_after_the_deposition() {
+    // b's report predates the deposition (it has not applied it): its
+    // position may be stale, so nobody is promoted yet.
+    let stale = || {
+        strict()
+            .status(settled)
+            .tweak("b", |r| r.applied_generation = 2)
+            .primary_gone()
+    };
+    let d = stale().decide();
+    assert!(matches!(d.reason, Reason::Deposed { .. }), "{:?}", d.reason);
+    let d2 = stale().status(|s| *s = d.next.clone()).decide();
+    assert_eq!(d2.reason, Reason::WaitingForPositions);
+    // Once b carried out the deposing generation, it is promoted.
+    let d3 = stale()
+        .status(|s| *s = d.next.clone())
+        .tweak("b", |r| r.applied_generation = d.next.generation)
+        .decide();
+    assert_eq!(primary_of(&d3), Some("b"));
 }
