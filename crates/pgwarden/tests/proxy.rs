@@ -355,3 +355,152 @@ fn run_to_exit(mut cmd: std::process::Command) -> std::process::Output {
     watchdog.join().unwrap();
     out
 }
+
+/// A client through the proxy (user postgres).
+async fn via_proxy(port: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(SU_PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_failover_through_the_proxy() {
+    let (mut c, primary, _standbys) = TestCluster::three_nodes().await;
+    let (port, ro_port) = (free_port(), free_port());
+    c.spawn_proxy("proxy1", port, ro_port);
+    wait_routed(port, c.port_of(&primary), Duration::from_secs(30)).await;
+
+    // A query cancel (a CancelRequest on a new connection) passes through.
+    let client = via_proxy(port).await;
+    let token = client.cancel_token();
+    let started = Instant::now();
+    let sleeping = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let err = sleeping.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the cancel did not reach postgres"
+    );
+
+    // A writer through the proxy goes on across a host-loss failover: the
+    // session on the old primary is cut, a new one lands on the new primary.
+    let w = via_proxy(port).await;
+    w.batch_execute("CREATE TABLE pw (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    w.batch_execute("INSERT INTO pw VALUES (1)").await.unwrap();
+    // Let the standbys catch up, then lose the primary's host.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = Instant::now();
+    c.kill_host(&primary);
+    assert!(
+        w.batch_execute("INSERT INTO pw VALUES (2)").await.is_err(),
+        "the old session survived"
+    );
+    let mut next = 2;
+    let window = loop {
+        if let Ok(Ok(cl)) = tokio::time::timeout(Duration::from_secs(2), async {
+            let (client, conn) = tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(port)
+                .user("postgres")
+                .password(SU_PASSWORD)
+                .dbname("postgres")
+                .connect(tokio_postgres::NoTls)
+                .await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(client)
+        })
+        .await
+        {
+            if cl
+                .execute("INSERT INTO pw VALUES ($1)", &[&next])
+                .await
+                .is_ok()
+            {
+                break t0.elapsed();
+            }
+        }
+        next += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no write through the proxy after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("writes through the proxy resumed {window:?} after the primary host died");
+    let (read_only, landed) = landing(port).await.unwrap();
+    assert!(!read_only);
+    assert_ne!(landed, c.port_of(&primary));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_proxy_holds_the_promotion_until_its_lease_expires() {
+    let (mut c, primary, _standbys) = TestCluster::three_nodes().await;
+    // A proxy lease that outlives the primary's, so that the wait shows.
+    let out = c.ctl(&["spec", "set", "proxy_ttl=10s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (port, ro_port) = (free_port(), free_port());
+    c.spawn_proxy("proxy1", port, ro_port);
+    wait_routed(port, c.port_of(&primary), Duration::from_secs(30)).await;
+    let etcd = store(&c);
+    // The proxy freezes: it can neither cut its sessions nor acknowledge.
+    c.signal("proxy1", Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let frozen_at = Instant::now();
+    c.kill_host(&primary);
+    // Wait for the promotion, watching the proxy's key.
+    let mut proxy_key_gone = None;
+    let promoted = loop {
+        if proxy_key_gone.is_none() && etcd.get("proxies/proxy1").await.unwrap().is_none() {
+            proxy_key_gone = Some(Instant::now());
+        }
+        let s = c.status();
+        if let Some(p) = s["primary"].as_str() {
+            if p != primary && TestCluster::member(&s, p).is_some_and(|m| m["state"] == "primary") {
+                break Instant::now();
+            }
+        }
+        assert!(
+            frozen_at.elapsed() < Duration::from_secs(60),
+            "no promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let gone = proxy_key_gone.expect("promoted while the frozen proxy's lease was still alive");
+    assert!(gone <= promoted);
+    assert!(
+        gone.duration_since(frozen_at) > Duration::from_secs(5),
+        "the proxy's 10 s lease went early: the test shows nothing"
+    );
+    let history = c.status()["history"].clone();
+    let waited = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["reason"].as_str().is_some_and(|r| r.contains("deposed")));
+    assert!(
+        waited,
+        "the failover should have deposed first and waited: {history}"
+    );
+    eprintln!(
+        "frozen proxy: lease gone {:?} after the freeze, promotion {:?} after",
+        gone.duration_since(frozen_at),
+        promoted.duration_since(frozen_at)
+    );
+    c.signal("proxy1", Signal::SIGCONT);
+}

@@ -146,10 +146,19 @@ impl TestCluster {
     }
 
     /// `ctl status --output json`, parsed.
+    /// A store read can time out when the shared machine is overloaded
+    /// (etcd's fsyncs stall): a few attempts before failing the test.
     pub fn status(&self) -> Value {
-        let out = self.ctl(&["status", "--output", "json"]);
-        assert!(out.status.success(), "ctl status failed: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
+        let mut attempts = 0;
+        loop {
+            let out = self.ctl(&["status", "--output", "json"]);
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout).unwrap();
+            }
+            attempts += 1;
+            assert!(attempts < 5, "ctl status failed: {}", stderr(&out));
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     pub fn spawn_sentinel(&mut self, id: &str) {
