@@ -449,14 +449,17 @@ impl Drop for Haproxy {
 }
 
 /// The port of the postgres a client reaches through `port`, and whether it
-/// is in recovery.
+/// is in recovery. Bounded: haproxy may hold a client in its queue while no
+/// server is up, and a poll must never hang on one attempt.
 async fn reached(port: u16) -> Option<(u16, bool)> {
-    let v = query_strings(
+    let query = query_strings(
         port,
         "SELECT inet_server_port()::text || ',' || pg_is_in_recovery()::text",
-    )
-    .await
-    .ok()?;
+    );
+    let v = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .ok()?
+        .ok()?;
     let (p, recovery) = v.first()?.split_once(',')?;
     Some((p.parse().ok()?, recovery == "true"))
 }

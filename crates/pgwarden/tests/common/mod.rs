@@ -410,10 +410,18 @@ pub async fn connect(port: u16) -> Result<tokio_postgres::Client, tokio_postgres
 }
 
 /// Runs a query returning one text column, all rows.
-pub async fn query_strings(port: u16, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
-    let c = connect(port).await?;
-    let rows = c.query(sql, &[]).await?;
-    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+/// Bounded to 10 s: a test's polling loop must never hang on one attempt
+/// (a frozen or fenced backend can accept a connection and never answer).
+pub async fn query_strings(
+    port: u16,
+    sql: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let attempt = async {
+        let c = connect(port).await?;
+        let rows = c.query(sql, &[]).await?;
+        Ok::<_, tokio_postgres::Error>(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    };
+    Ok(tokio::time::timeout(Duration::from_secs(10), attempt).await??)
 }
 
 /// Helpers for the keeper's HTTP API and for extra keeper flags.
