@@ -403,8 +403,18 @@ async fn cancel_and_failover_through_the_proxy() {
         .await
         .unwrap();
     w.batch_execute("INSERT INTO pw VALUES (1)").await.unwrap();
-    // Let the standbys catch up, then lose the primary's host.
+    // Let the standbys catch up, then lose the host this session is on (the
+    // primary now: on a loaded machine a failover may already have happened).
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let row = w.query_one("SELECT inet_server_port()", &[]).await.unwrap();
+    let on_port = u16::try_from(row.get::<_, i32>(0)).unwrap();
+    let primary = c
+        .keepers
+        .values()
+        .find(|k| k.pg_port == on_port)
+        .unwrap()
+        .uid
+        .clone();
     let t0 = Instant::now();
     c.kill_host(&primary);
     assert!(
