@@ -467,6 +467,10 @@ impl Node {
                 // second, so commits waiting for a synchronous standby are
                 // released promptly when the sync set changes (postgres'
                 // default is 10 s).
+                // A standby re-pointed before its slot exists on the new
+                // primary retries after this (postgres' default is 5 s).
+                p.entry("wal_retrieve_retry_interval".into())
+                    .or_insert_with(|| "1s".into());
                 p.entry("wal_receiver_status_interval".into())
                     .or_insert_with(|| "1s".into());
                 if matches!(assignment, Some(Assignment::Primary)) && !self.sync_names.is_empty() {

@@ -25,6 +25,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long try_hold waits for a new lease's grant.
+const GRANT_WAIT: Duration = Duration::from_secs(1);
+
 /// While fenced, how often the fencer checks for (and kills) a postmaster.
 const REFENCE_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -85,7 +88,13 @@ impl PrimaryLease {
     pub async fn try_hold(&self) -> bool {
         // Only before the fencing deadline: past it the fencer kills postgres,
         // so starting it would make a writable node nothing fences any more.
-        let state = *self.lease.state().borrow();
+        let mut rx = self.lease.state();
+        if rx.borrow().id.is_none() {
+            // Just started: wait (briefly) for the grant rather than a whole
+            // keeper tick; a promotion is waiting on it.
+            let _ = tokio::time::timeout(GRANT_WAIT, rx.wait_for(|s| s.id.is_some())).await;
+        }
+        let state = *rx.borrow();
         let Some(id) = state.valid_at(Instant::now() + self.margin) else {
             return false;
         };
