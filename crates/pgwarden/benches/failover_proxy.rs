@@ -12,7 +12,9 @@
 //! writes missing from the new primary: with the default asynchronous
 //! replication a host loss may lose the last commits, so that count is a
 //! figure here, not a failure (with `PGWARDEN_BENCH_SYNC_MODE=strict` it
-//! should be zero). `PGWARDEN_BENCH_RUNS` sets the number of runs (default
+//! should be zero). To tell that price from a wrong choice, it reads how much
+//! WAL each surviving standby had received just after the kill and shows
+//! whether the promoted one was the most advanced. `PGWARDEN_BENCH_RUNS` sets the number of runs (default
 //! 5). Run as root, like the end-to-end tests.
 
 #![allow(clippy::unwrap_used)]
@@ -34,6 +36,29 @@ struct Run {
     gap: Duration,
     lost: usize,
     acked: usize,
+    /// What each surviving standby had received when the primary died.
+    received: Vec<(String, u64)>,
+    /// The node promoted.
+    promoted: String,
+}
+
+/// Parses a postgres LSN (`X/Y`, hexadecimal) into a byte position.
+fn parse_lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').expect("an LSN is X/Y");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+}
+
+/// How much WAL each node other than `old` has received, read directly.
+async fn received(bench: &Bench, old: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for uid in KEEPERS.iter().filter(|u| **u != old) {
+        let sql = "SELECT coalesce(pg_last_wal_receive_lsn(), '0/0')::text";
+        let lsn = common::query_strings(bench.cluster.port_of(uid), sql)
+            .await
+            .unwrap_or_else(|e| panic!("read {uid}'s received LSN: {e}"));
+        out.push((uid.to_string(), parse_lsn(&lsn[0])));
+    }
+    out
 }
 
 async fn one_run() -> Run {
@@ -53,6 +78,10 @@ async fn one_run() -> Run {
     let killed = Instant::now();
     kill(Pid::from_raw(-postmaster), Signal::SIGKILL).unwrap();
     bench.cluster.stop(&old, Signal::SIGKILL);
+    // Long enough for the standbys' receivers to have noticed, far shorter
+    // than any promotion: what they hold now is what a promotion can keep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = received(&bench, &old).await;
     let new = common::wait_for("a new primary", CONVERGE, || {
         let s = bench.cluster.status();
         let p = s["primary"].as_str()?;
@@ -73,7 +102,26 @@ async fn one_run() -> Run {
         gap,
         lost,
         acked: acked.len(),
+        received,
+        promoted: new,
     }
+}
+
+/// Each surviving standby's received WAL relative to the most advanced, the
+/// promoted one starred: `k2* 0 B, k3 -312 B`.
+fn describe_received(run: &Run) -> String {
+    let most = run.received.iter().map(|(_, l)| *l).max().unwrap_or(0);
+    run.received
+        .iter()
+        .map(|(uid, l)| {
+            let star = if *uid == run.promoted { "*" } else { "" };
+            match most - l {
+                0 => format!("{uid}{star} 0 B"),
+                behind => format!("{uid}{star} -{behind} B"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn main() {
@@ -86,9 +134,11 @@ fn main() {
         "longest write gap".into(),
         "acked writes".into(),
         "acked writes lost".into(),
+        "WAL received at the kill (promoted *)".into(),
     ]];
     let mut windows = Vec::new();
     let mut lost = 0;
+    let mut behind = 0;
     for i in 1..=runs {
         let run = rt.block_on(one_run());
         println!(
@@ -102,9 +152,18 @@ fn main() {
             secs(run.gap),
             run.acked.to_string(),
             run.lost.to_string(),
+            describe_received(&run),
         ]);
         windows.push(run.window);
         lost += run.lost;
+        let most = run.received.iter().map(|(_, l)| *l).max().unwrap_or(0);
+        if run
+            .received
+            .iter()
+            .any(|(uid, l)| *uid == run.promoted && *l < most)
+        {
+            behind += 1;
+        }
     }
     println!("host-loss failover through the proxy");
     print_table(&table);
@@ -116,4 +175,5 @@ fn main() {
         secs(min),
         secs(max)
     );
+    println!("runs that promoted a standby holding less WAL than the other: {behind} of {runs}");
 }

@@ -41,14 +41,16 @@ struct Switchover {
 /// synchronous standby instead, the only node a switchover may promote.
 async fn next_target(bench: &Bench, from: &str) -> String {
     if std::env::var("PGWARDEN_BENCH_SYNC_MODE").is_ok_and(|m| m != "off") {
-        return common::wait_for("a synchronous standby", CONVERGE, || {
+        // Right after a promotion the promotable set is the union of the old
+        // and the new synchronous standbys, and only its most advanced member
+        // may be promoted; wait until it is down to the one standby the
+        // default spec keeps synchronous.
+        return common::wait_for("a single synchronous standby", CONVERGE, || {
             let s = bench.cluster.status();
-            s["sync_standbys"]
-                .as_array()?
-                .iter()
-                .filter_map(|v| v.as_str())
-                .find(|uid| *uid != from)
-                .map(str::to_string)
+            match s["sync_standbys"].as_array()?.as_slice() {
+                [only] => only.as_str().filter(|u| *u != from).map(str::to_string),
+                _ => None,
+            }
         })
         .await;
     }
