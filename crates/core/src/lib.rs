@@ -14,6 +14,7 @@ pub mod report;
 pub mod route;
 pub mod spec;
 pub mod status;
+pub mod timeline;
 
 pub use decide::{decide, ClusterView, Decision, Reason};
 pub use duration::HumanDuration;

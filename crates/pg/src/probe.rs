@@ -59,6 +59,10 @@ pub struct PgStatus {
     pub server_version_num: u32,
     /// The timeline being written (primary) or received/replayed (standby).
     pub timeline: u32,
+    /// The timeline of the last checkpoint (restartpoint on a standby). A
+    /// standby that never replayed a record of a newer timeline is still on
+    /// this one.
+    pub checkpoint_timeline: u32,
     /// Primary: `pg_current_wal_lsn()`.
     pub current_lsn: Option<Lsn>,
     /// Primary: `pg_current_wal_flush_lsn()`, the end of WAL that is durable.
@@ -196,11 +200,13 @@ impl PgClient {
                 .as_ref()
                 .and_then(|p| p.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
         };
+        let checkpoint_timeline = get_i32(5)?.and_then(|t| u32::try_from(t).ok()).unwrap_or(0);
         Ok(PgStatus {
             in_recovery,
             system_identifier,
             server_version_num,
             timeline,
+            checkpoint_timeline,
             current_lsn: parse_lsn("current WAL LSN", get_text(6)?)?,
             flush_lsn: parse_lsn("flushed WAL LSN", get_text(7)?)?,
             receive_lsn: parse_lsn("received WAL LSN", get_text(8)?)?,
@@ -210,6 +216,19 @@ impl PgClient {
             primary_port: value_of("port").and_then(|p| p.parse().ok()),
             primary_conninfo: pairs.as_ref().map(|p| redacted_conninfo(p)),
         })
+    }
+
+    /// The text of the history file of `timeline` in this instance's
+    /// `pg_wal`; `None` when it has none (timeline 1 never has one).
+    pub async fn timeline_history(&self, timeline: u32) -> Result<Option<String>, PgError> {
+        let path = format!("pg_wal/{timeline:08X}.history");
+        let row = self
+            .client
+            .query_one("SELECT pg_read_file($1, 0, 1048576, true)", &[&path])
+            .await
+            .map_err(PgError::sql("read a timeline history file"))?;
+        row.try_get(0)
+            .map_err(PgError::sql("read a timeline history file"))
     }
 
     /// Names of the physical replication slots.
