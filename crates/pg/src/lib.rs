@@ -11,6 +11,7 @@ pub mod bins;
 pub mod check;
 pub mod datadir;
 mod error;
+pub mod fence;
 pub mod ops;
 pub mod postmaster;
 pub mod probe;

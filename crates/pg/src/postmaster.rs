@@ -19,7 +19,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -64,6 +64,7 @@ impl fmt::Display for ExitInfo {
 #[derive(Debug)]
 pub struct Postmaster {
     pid: u32,
+    data_dir: PathBuf,
     /// True once the child has been reaped and its pid may belong to someone else.
     reaped: Arc<Mutex<bool>>,
     exit: watch::Receiver<Option<ExitInfo>>,
@@ -142,6 +143,7 @@ impl Postmaster {
         tracing::debug!(pid, data_dir = %data_dir.display(), "postmaster started");
         Ok(Postmaster {
             pid,
+            data_dir: data_dir.to_path_buf(),
             reaped,
             exit: exit_rx,
         })
@@ -201,13 +203,17 @@ impl Postmaster {
         self.signal(Signal::SIGHUP)
     }
 
-    /// SIGKILL, now, without waiting (self-fencing), to the postmaster and its
-    /// whole process group: backends would otherwise keep serving their clients
-    /// until they notice the postmaster is gone. Does nothing if it has exited.
+    /// SIGKILL, now, without waiting (self-fencing), to the postmaster and
+    /// every process of its instance: backends would otherwise keep serving
+    /// their clients until they notice the postmaster is gone (see
+    /// [`crate::fence`]). Once the postmaster has exited, its orphaned
+    /// backends are still looked for and killed.
     pub fn kill(&self) {
-        if let Err(e) = self.signal(Signal::SIGKILL) {
-            tracing::debug!(pid = self.pid, error = %e, "SIGKILL not sent");
-        }
+        let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        // A reaped pid may belong to someone else by now.
+        let pid = if *reaped { 0 } else { self.pid };
+        let killed = crate::fence::kill_instance(&self.data_dir, pid);
+        tracing::debug!(pid = self.pid, ?killed, "postgres killed");
     }
 
     /// Sends `signal` to the postmaster (SIGKILL: to its process group).

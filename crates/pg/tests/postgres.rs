@@ -339,11 +339,29 @@ async fn primary_standby_failover_and_rewind() {
     assert_eq!(running_postmaster_pid(&data_a), None);
 
     // Failover: promote the standby; it checkpoints so pg_rewind sees its timeline.
+    let before = status(&standby).await;
+    assert_eq!(before.checkpoint_timeline, 1);
+    assert_eq!(standby.timeline_history(1).await.unwrap(), None);
     standby.promote().await.unwrap();
     let st_b = status(&standby).await;
     assert!(!st_b.in_recovery);
     assert_eq!(st_b.timeline, 2);
     standby.execute("CHECKPOINT").await.unwrap();
+    assert_eq!(status(&standby).await.checkpoint_timeline, 2);
+    // Its history says where timeline 1 ended: where it had replayed to.
+    let history = standby.timeline_history(2).await.unwrap().unwrap();
+    let replayed = before.replay_lsn.unwrap();
+    assert_eq!(
+        pgwarden_core::timeline::fork_point(&history, 1),
+        Some(replayed),
+        "{history}"
+    );
+    assert!(!pgwarden_core::timeline::diverged(1, replayed, &history));
+    assert!(pgwarden_core::timeline::diverged(
+        1,
+        pgwarden_core::Lsn(replayed.0 + 1),
+        &history
+    ));
     standby
         .execute("INSERT INTO t VALUES ('after-failover')")
         .await
@@ -460,4 +478,74 @@ fn postmaster_dies_with_its_parent() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat.rfind(')').map(|i| stat[i + 1..].trim_start());
+            !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X') | None)
+        })
+        .unwrap_or(false)
+}
+
+/// Fencing must stop a backend that is busy on the CPU: backends lead process
+/// groups of their own, so killing the postmaster's group alone leaves it
+/// running (and able to commit) until it next waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_kills_a_busy_backend() {
+    let tmp = scratch();
+    let dir = tmp.path();
+    let mut pg = Instances::default();
+    let port = free_port();
+    let data = dir.join("data");
+    let pwfile = dir.join("su.pw");
+    write_owned(&pwfile, SU_PASSWORD);
+    initdb(&bins(), &data, SUPERUSER, &pwfile).await.unwrap();
+    write_config(&data, &conf(port, "keeper-f", dir, None));
+    let i = pg.spawn(&data, dir.join("f.log"));
+    let postmaster = pg.running[i].pid();
+    let observer = connect(port).await;
+    let busy = connect(port).await;
+    let query = tokio::spawn(async move {
+        busy.execute("SELECT count(*) FROM generate_series(1, 4000000000)")
+            .await
+    });
+    let backend: u32 = eventually("the busy query to run", || async {
+        observer
+            .query_one_string(
+                "SELECT pid::text FROM pg_stat_activity \
+                 WHERE state = 'active' AND query LIKE '%generate_series(1, 4%' \
+                 AND pid <> pg_backend_pid()",
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.parse().ok())
+    })
+    .await;
+    // The premise: the backend is not in the postmaster's process group.
+    let pgid = nix::unistd::getpgid(Some(Pid::from_raw(backend as i32))).unwrap();
+    assert_ne!(
+        pgid.as_raw(),
+        postmaster as i32,
+        "backend {backend} shares the group"
+    );
+
+    pg.running[i].kill();
+    let start = Instant::now();
+    while process_alive(backend) || process_alive(postmaster) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "backend {backend} or postmaster {postmaster} survived fencing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        query.await.unwrap().is_err(),
+        "the busy query cannot finish"
+    );
+    // Nothing of the instance is left: no process works in its data directory.
+    assert!(pgwarden_pg::fence::kill_instance(&data, 0).is_empty());
 }

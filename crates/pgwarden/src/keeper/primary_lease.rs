@@ -5,18 +5,17 @@
 //! `primary` key under a lease of its own. A dedicated task renews the lease;
 //! a second task, the fencer, watches the locally computed validity
 //! (`valid_until` = send time of the last successful renewal + TTL) and, if no
-//! renewal succeeded by `valid_until - margin`, kills postgres (its whole
-//! process group) *before* etcd can expire the lease and the sentinel can
+//! renewal succeeded by `valid_until - margin`, kills postgres (every
+//! process of the instance) *before* etcd can expire the lease and the sentinel can
 //! promote anyone else. The margin absorbs clock-rate drift and scheduling
 //! delay; etcd starts the TTL when it receives the renewal, which is later than
 //! when we sent it, so our deadline is always the earlier one.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use pgwarden_core::keys;
 use pgwarden_store::{LeaseKeeper, LeaseState, Store, StoreOptions};
 
@@ -164,9 +163,14 @@ async fn fence(
             Some(until) => {
                 ever_valid = true;
                 let deadline = until.checked_sub(margin).unwrap_or(until);
-                // The same deadline for the watchdog, which acts even if
-                // this process is frozen.
-                watchdog.arm(deadline.saturating_duration_since(Instant::now()));
+                // The watchdog acts even if this process is frozen. It is the
+                // backstop, so it gets half the margin more: a renewal that
+                // lands right at this fencer's deadline would otherwise race
+                // the news of it down the pipe, and the watchdog would kill a
+                // primary whose lease was just renewed. Half the margin is
+                // still left before etcd can expire the lease.
+                let backstop = until.checked_sub(margin / 2).unwrap_or(until);
+                watchdog.arm(backstop.saturating_duration_since(Instant::now()));
                 Some(deadline)
             }
             // Lost after having held it: the deadline has passed.
@@ -184,12 +188,12 @@ async fn fence(
             changed = state.changed() => {
                 if changed.is_err() {
                     // The renewal task is gone: nothing renews any more.
-                    kill_postmaster(&postmaster, "the lease renewal task stopped");
+                    kill_postmaster(&postmaster, watchdog.data_dir(), "the lease renewal task stopped");
                     return;
                 }
             }
             _ = expired => {
-                kill_postmaster(&postmaster, "the primary lease could not be renewed in time");
+                kill_postmaster(&postmaster, watchdog.data_dir(), "the primary lease could not be renewed in time");
                 // Stay armed until a renewal: any postmaster started meanwhile
                 // is killed too.
                 loop {
@@ -202,7 +206,7 @@ async fn fence(
                             break;
                         }
                         _ = tokio::time::sleep(REFENCE_INTERVAL) => {
-                            kill_postmaster(&postmaster, "the primary lease is still not renewed");
+                            kill_postmaster(&postmaster, watchdog.data_dir(), "the primary lease is still not renewed");
                         }
                     }
                 }
@@ -211,21 +215,15 @@ async fn fence(
     }
 }
 
-fn kill_postmaster(postmaster: &PostmasterPid, why: &str) {
+fn kill_postmaster(postmaster: &PostmasterPid, data_dir: &Path, why: &str) {
     let pid = postmaster.load(Ordering::SeqCst);
-    if pid == 0 {
-        return;
-    }
-    let Ok(pid) = i32::try_from(pid) else { return };
-    // The postmaster leads its own process group: kill backends with it so
-    // no session keeps writing.
-    match kill(Pid::from_raw(-pid), Signal::SIGKILL) {
-        Ok(()) => tracing::error!(
-            pid,
+    // Backends lead process groups of their own and outlive the postmaster
+    // when busy: kill every process of the instance, orphans included.
+    let killed = pgwarden_pg::fence::kill_instance(data_dir, pid);
+    if !killed.is_empty() {
+        tracing::error!(
+            ?killed,
             "fenced: postgres killed because {why}; it must not accept writes without the lease"
-        ),
-        // Already gone (killed a moment ago, or exited by itself).
-        Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::error!(pid, error = %e, "fencing: could not kill postgres ({why})"),
+        );
     }
 }

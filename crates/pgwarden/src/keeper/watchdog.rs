@@ -9,20 +9,21 @@
 //! renewal, the monotonic-clock instant by which it must have renewed again;
 //! the watchdog, in a process group of its own, kills postgres' group when
 //! that instant passes without news. If the keeper dies, its pipe closes and
-//! the watchdog kills a primary's postgres at once.
+//! the watchdog kills a primary's postgres at once. Killing means every
+//! process of the instance, found by parent and by working directory
+//! (`pgwarden_pg::fence`): backends outlive a killed postmaster.
 //!
-//! Protocol on stdin, one command per line: `pid N` (postmaster process
-//! group, 0 for none), `deadline NS` (CLOCK_MONOTONIC nanoseconds), `clear`
-//! (no deadline: not primary).
+//! Protocol on stdin, one command per line: `datadir PATH` (the instance's
+//! data directory), `pid N` (postmaster, 0 for none), `deadline NS`
+//! (CLOCK_MONOTONIC nanoseconds), `clear` (no deadline: not primary).
 
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
 use nix::time::{clock_gettime, ClockId};
-use nix::unistd::Pid;
 
 /// Nanoseconds on CLOCK_MONOTONIC, which both processes share.
 pub fn monotonic_ns() -> u64 {
@@ -36,7 +37,8 @@ pub fn monotonic_ns() -> u64 {
 
 #[derive(Debug, Default)]
 struct State {
-    pgid: i32,
+    data_dir: PathBuf,
+    pid: u32,
     deadline_ns: Option<u64>,
     keeper_gone: bool,
 }
@@ -51,12 +53,16 @@ pub fn run() -> anyhow::Result<()> {
             let Ok(line) = line else { break };
             let (lock, cv) = &*reader;
             let Ok(mut s) = lock.lock() else { return };
+            if let Some(dir) = line.strip_prefix("datadir ") {
+                s.data_dir = PathBuf::from(dir);
+                continue;
+            }
             let mut words = line.split_whitespace();
             match (
                 words.next(),
                 words.next().and_then(|w| w.parse::<u64>().ok()),
             ) {
-                (Some("pid"), Some(p)) => s.pgid = i32::try_from(p).unwrap_or(0),
+                (Some("pid"), Some(p)) => s.pid = u32::try_from(p).unwrap_or(0),
                 (Some("deadline"), Some(ns)) => s.deadline_ns = Some(ns),
                 (Some("clear"), _) => s.deadline_ns = None,
                 _ => eprintln!("fence-watchdog: ignoring {line:?}"),
@@ -78,14 +84,14 @@ pub fn run() -> anyhow::Result<()> {
         if s.keeper_gone {
             // A primary's keeper died: nothing will renew its lease.
             if s.deadline_ns.is_some() {
-                fence(s.pgid, "its keeper is gone");
+                fence(&s, "its keeper is gone");
             }
             return Ok(());
         }
         match s.deadline_ns {
             Some(d) if now >= d => {
                 fence(
-                    s.pgid,
+                    &s,
                     "its keeper did not renew the primary lease in time (frozen or stuck)",
                 );
                 // Keep killing anything started until the keeper renews again.
@@ -107,14 +113,13 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-fn fence(pgid: i32, why: &str) {
-    if pgid <= 0 {
+fn fence(s: &State, why: &str) {
+    if s.data_dir.as_os_str().is_empty() && s.pid == 0 {
         return;
     }
-    match kill(Pid::from_raw(-pgid), Signal::SIGKILL) {
-        Ok(()) => eprintln!("fence-watchdog: killed postgres (process group {pgid}) because {why}"),
-        Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => eprintln!("fence-watchdog: could not kill postgres (process group {pgid}): {e}"),
+    let killed = pgwarden_pg::fence::kill_instance(&s.data_dir, s.pid);
+    if !killed.is_empty() {
+        eprintln!("fence-watchdog: killed postgres {killed:?} because {why}");
     }
 }
 
@@ -123,15 +128,21 @@ fn fence(pgid: i32, why: &str) {
 pub struct Watchdog {
     inner: Arc<Mutex<Option<(Child, ChildStdin)>>>,
     pgid: Arc<Mutex<u32>>,
+    data_dir: Arc<PathBuf>,
 }
 
 impl Watchdog {
     /// Starts the watchdog process, in a process group of its own so that a
     /// stop signal sent to the keeper's group does not freeze it too.
-    pub fn start() -> anyhow::Result<Watchdog> {
+    /// `data_dir` is the data directory of the postgres it guards.
+    pub fn start(data_dir: &Path) -> anyhow::Result<Watchdog> {
+        let data_dir = data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| data_dir.to_path_buf());
         let w = Watchdog {
             inner: Arc::new(Mutex::new(None)),
             pgid: Arc::new(Mutex::new(0)),
+            data_dir: Arc::new(data_dir),
         };
         w.spawn()?;
         Ok(w)
@@ -153,9 +164,16 @@ impl Watchdog {
         if let Ok(mut g) = self.inner.lock() {
             *g = Some((child, stdin));
         }
+        self.send(&format!("datadir {}", self.data_dir.display()));
         let pgid = self.pgid.lock().map(|p| *p).unwrap_or(0);
         self.send(&format!("pid {pgid}"));
         Ok(())
+    }
+
+    /// The data directory of the guarded postgres (canonical when it existed
+    /// at start).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     fn send(&self, line: &str) {
@@ -176,7 +194,7 @@ impl Watchdog {
         }
     }
 
-    /// The postmaster's process group (0: none).
+    /// The running postmaster (0: none).
     pub fn set_postmaster(&self, pgid: u32) {
         if let Ok(mut p) = self.pgid.lock() {
             *p = pgid;
