@@ -643,3 +643,5 @@ fn split_labels(labels: &str) -> Vec<String> {
     out.push(cur);
     out
 }
+
+pub mod netns;
