@@ -48,6 +48,10 @@ pub struct Observed {
     pub slots: Option<BTreeSet<String>>,
     /// The replication role exists with the configured password.
     pub replication_role_ready: bool,
+    /// This standby replayed its timeline past the point where its
+    /// upstream's history left it ([`crate::timeline::diverged`]): it can
+    /// never follow and must be rewound.
+    pub diverged: bool,
 }
 
 /// One step towards the assignment.
@@ -221,12 +225,14 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
             // A node that ran as primary (running writable, or stopped without
             // standby.signal) may hold WAL the new primary never saw: it must
             // be rewound before it streams, never start streaming as it is.
+            // So must a standby that replayed such WAL (streamed to it by the
+            // old primary before that was fenced).
             let was_primary = if observed.running {
                 observed.in_recovery == Some(false)
             } else {
                 !observed.standby_signal
             };
-            if was_primary {
+            if was_primary || observed.diverged {
                 if observed.running {
                     actions.push(PgAction::Stop);
                 }
@@ -306,6 +312,7 @@ mod tests {
             config_current: false,
             slots: None,
             replication_role_ready: false,
+            diverged: false,
         }
     }
 
@@ -346,6 +353,40 @@ mod tests {
             upstream_is_primary: true,
             node_request: None,
         }
+    }
+
+    #[test]
+    fn a_diverged_standby_is_rewound_once_its_upstream_is_primary() {
+        let s = standby_of("h");
+        let diverged = Observed {
+            diverged: true,
+            ..running_standby()
+        };
+        assert_eq!(
+            plan(&target(Some(&s), Some(7)), &diverged).unwrap(),
+            vec![
+                PgAction::Stop,
+                PgAction::Rewind {
+                    host: "h".into(),
+                    port: 5432
+                },
+                PgAction::WriteConfig,
+                PgAction::Start
+            ]
+        );
+        let mid_failover = Target {
+            upstream_is_primary: false,
+            ..target(Some(&s), Some(7))
+        };
+        assert_eq!(
+            plan(&mid_failover, &diverged).unwrap(),
+            vec![PgAction::Stop]
+        );
+        // Not diverged: it keeps streaming, untouched.
+        assert_eq!(
+            plan(&target(Some(&s), Some(7)), &running_standby()).unwrap(),
+            vec![]
+        );
     }
 
     #[test]

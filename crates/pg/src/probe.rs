@@ -231,6 +231,25 @@ impl PgClient {
             .map_err(PgError::sql("read a timeline history file"))
     }
 
+    /// The newest timeline of the WAL segment files in `pg_wal` (history
+    /// files aside): the timeline this instance received or wrote WAL on
+    /// last. A standby that fetched a newer timeline's history but could not
+    /// follow it has no segment of that timeline.
+    pub async fn wal_segment_timeline(&self) -> Result<Option<u32>, PgError> {
+        const OP: &str = "list the WAL segment files";
+        let row = self
+            .client
+            .query_one(
+                "SELECT max(('x' || substr(name, 1, 8))::bit(32)::int4) FROM pg_ls_waldir() \
+                 WHERE name ~ '^[0-9A-F]{24}$'",
+                &[],
+            )
+            .await
+            .map_err(PgError::sql(OP))?;
+        let tli: Option<i32> = row.try_get(0).map_err(PgError::sql(OP))?;
+        Ok(tli.and_then(|t| u32::try_from(t).ok()))
+    }
+
     /// Names of the physical replication slots.
     pub async fn replication_slots(&self) -> Result<Vec<String>, PgError> {
         const OP: &str = "list replication slots";

@@ -43,6 +43,16 @@ fn primary_host_killed_in_strict_mode_loses_no_acknowledged_write() {
     check(Scenario::HostKill, Mode::Strict);
 }
 
+/// Strict mode, the synchronous standby cut off from the primary, which
+/// streams on to the other standby, then the primary's host dies: only the
+/// synchronous standby is promoted, nothing acknowledged is lost, and the
+/// other standby (past the new timeline's fork point) is rewound so that
+/// writes resume.
+#[test]
+fn synchronous_standby_behind_when_the_primary_dies() {
+    check(Scenario::SyncStandbyBehind, Mode::Strict);
+}
+
 /// An isolated primary fences itself before a standby is promoted.
 #[test]
 fn primary_cut_off_from_everything() {

@@ -404,6 +404,9 @@ impl Keeper {
             config_current,
             slots,
             replication_role_ready: p.role_ready,
+            // The model's standbys never replay past a fork point: WAL is
+            // not modelled at that grain.
+            diverged: false,
         };
         (observed, probe)
     }
@@ -571,6 +574,7 @@ fn dead_observation() -> Observed {
         config_current: false,
         slots: None,
         replication_role_ready: false,
+        diverged: false,
     }
 }
 

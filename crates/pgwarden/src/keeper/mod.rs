@@ -6,6 +6,7 @@
 //! change of `status`, on postmaster exit, and once a second.
 
 pub mod config;
+mod divergence;
 mod node;
 mod primary_lease;
 pub mod watchdog;

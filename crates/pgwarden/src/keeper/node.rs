@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::config::KeeperConfig;
+use super::divergence::DivergenceCheck;
 use super::primary_lease::{PostmasterPid, PrimaryLease};
 use super::watchdog::Watchdog;
 use super::TICK;
@@ -101,6 +102,8 @@ pub struct Node {
     /// The running postmaster's pid, for the fencer (0 when none).
     postmaster_pid: PostmasterPid,
     warned_store: bool,
+    /// Watches a standby that stopped streaming for a fork it cannot follow.
+    divergence: DivergenceCheck,
 }
 
 /// What one observation found, beyond what `plan` needs.
@@ -143,6 +146,7 @@ impl Node {
             last_position: None,
             postmaster_pid: PostmasterPid::default(),
             warned_store: false,
+            divergence: DivergenceCheck::default(),
         }
     }
 
@@ -380,6 +384,19 @@ impl Node {
             DataState::Postgres { .. } => self.config_matches(spec, status, assignment),
             _ => false,
         };
+        let diverged = match (assignment, &self.client) {
+            (Some(Assignment::Standby { follow, host, port }), Some(own)) => {
+                let follows_primary = status.primary.as_deref() == Some(follow.as_str());
+                let upstream = self.conn_params(host, *port);
+                self.divergence
+                    .diverged(follows_primary, pg.as_ref(), own, upstream)
+                    .await
+            }
+            _ => {
+                self.divergence.reset();
+                false
+            }
+        };
         Ok(Observation {
             plan_input: Observed {
                 data,
@@ -389,6 +406,7 @@ impl Node {
                 config_current,
                 slots,
                 replication_role_ready: self.role_ready,
+                diverged,
             },
             pg,
         })

@@ -63,7 +63,7 @@ pub struct NsCluster {
     frozen: Vec<i32>,
     keep: bool,
     /// Whether the spec asks for synchronous replication.
-    sync: bool,
+    pub sync: bool,
 }
 
 impl std::fmt::Debug for NsCluster {

@@ -85,10 +85,16 @@ pub enum Scenario {
     /// when the primary is cut off from everything: does its commit get
     /// acknowledged after a standby was promoted?
     SlowWriteAtFence,
+    /// The synchronous standby is cut off from the primary, which goes on
+    /// streaming (commits waiting) to the other standby; 1.5 s later the
+    /// primary's host is killed. Only the synchronous standby may be
+    /// promoted, and the other one, which replayed WAL past the new
+    /// timeline's fork point, must be rewound to follow it.
+    SyncStandbyBehind,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::HostKill,
         Scenario::KeeperKill,
         Scenario::CutFromEtcd,
@@ -102,6 +108,7 @@ impl Scenario {
         Scenario::OldPrimaryReturns,
         Scenario::KeeperFreeze,
         Scenario::SlowWriteAtFence,
+        Scenario::SyncStandbyBehind,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +126,7 @@ impl Scenario {
             Scenario::OldPrimaryReturns => "old-primary-returns",
             Scenario::KeeperFreeze => "primary-keeper-frozen",
             Scenario::SlowWriteAtFence => "slow-write-at-fence",
+            Scenario::SyncStandbyBehind => "sync-standby-behind",
         }
     }
 
@@ -127,6 +135,7 @@ impl Scenario {
         Duration::from_secs(match self {
             Scenario::EtcdStop => 60,
             Scenario::CutFromPeers
+            | Scenario::SyncStandbyBehind
             | Scenario::SentinelKill
             | Scenario::ProxyFreeze
             | Scenario::OldPrimaryReturns => 25,
@@ -354,8 +363,56 @@ impl Fault<'_> {
         }
     }
 
-    /// Waits until every live standby streams from `primary`.
-    async fn wait_streaming(&mut self, primary: &str) {
+    /// Waits until a row written on `primary` now shows on every other
+    /// node: each one follows it (a standby stuck on an older timeline can
+    /// still look "streaming" for a moment at each retry).
+    async fn wait_replicated(&mut self, primary: &str, run: usize) {
+        let marker = -1_000_000 - i64::try_from(run).unwrap();
+        let deadline = Instant::now() + FAILOVER_TIMEOUT;
+        loop {
+            let port = self.c.pg_ports[primary];
+            let written = match super::watch::connect_in(&self.c.net, primary, port).await {
+                Some(c) => tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.execute("INSERT INTO fault_rows VALUES ($1)", &[&marker]),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok()),
+                None => false,
+            };
+            if written {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cannot write a marker on {primary}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for k in KEEPERS.iter().filter(|k| **k != primary) {
+            loop {
+                let port = self.c.pg_ports[*k];
+                let seen = match super::watch::connect_in(&self.c.net, k, port).await {
+                    Some(c) => c
+                        .query_opt("SELECT 1 FROM fault_rows WHERE id = $1", &[&marker])
+                        .await
+                        .is_ok_and(|r| r.is_some()),
+                    None => false,
+                };
+                if seen {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{k} does not follow {primary}: the marker row never reached it"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Waits until `standbys` standbys stream from `primary`.
+    async fn wait_streaming(&mut self, primary: &str, standbys: i64) {
         let port = self.c.pg_ports[primary];
         let deadline = Instant::now() + FAILOVER_TIMEOUT;
         loop {
@@ -370,12 +427,12 @@ impl Fault<'_> {
                     .unwrap_or(0),
                 None => 0,
             };
-            if streaming >= 1 {
+            if streaming >= standbys {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "no standby streams from {primary}"
+                "{streaming} standbys stream from {primary}, not {standbys}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -443,7 +500,7 @@ impl Fault<'_> {
                 // second blow: a standby still on the old timeline is
                 // rightly not promoted.
                 self.c.wait_converged(1, FAILOVER_TIMEOUT).await;
-                self.wait_streaming(&second).await;
+                self.wait_streaming(&second, 1).await;
                 self.w
                     .wait_flowing(Duration::from_secs(1), FAILOVER_TIMEOUT)
                     .await;
@@ -469,6 +526,7 @@ impl Fault<'_> {
                 ));
             }
             Scenario::SlowWriteAtFence => self.slow_write_at_fence(p, run).await,
+            Scenario::SyncStandbyBehind => self.sync_standby_behind(p, run).await,
             Scenario::KeeperFreeze => {
                 self.c.signal(p, Signal::SIGSTOP);
                 self.wait_new_primary(p, self.t0).await;
@@ -507,6 +565,39 @@ impl Fault<'_> {
         self.sleep_until(Duration::from_secs(10)).await;
         self.c.signal(PROXY, Signal::SIGCONT);
         self.c.reboot(p).await;
+    }
+
+    /// See [`Scenario::SyncStandbyBehind`]. In asynchronous mode there is no
+    /// synchronous standby: the first other keeper is cut instead.
+    async fn sync_standby_behind(&mut self, p: &str, run: usize) {
+        let status = self.c.status().await.expect("the status");
+        let sync = status["sync_standbys"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| KEEPERS.iter().find(|k| **k != p).unwrap().to_string());
+        self.c.net.cut(&sync, &[p]).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.c.kill_host(p).await;
+        let (new, _) = self.wait_new_primary(p, self.t0).await;
+        self.note(format!("{sync} was synchronous, {new} promoted"));
+        if self.c.sync && new != sync {
+            self.cycle.violations.push(format!(
+                "{new} promoted, but only {sync} was a synchronous standby"
+            ));
+        }
+        self.c.net.heal(&sync).await;
+        self.c.reboot(p).await;
+        self.wait_replicated(&new, run).await;
+        for k in KEEPERS.iter().filter(|k| **k != p && **k != new) {
+            let log = self.c.log(k);
+            if log.contains("replayed past the point where its upstream's timeline forked off") {
+                self.note(format!(
+                    "{k} had replayed past the fork point and was rewound"
+                ));
+            }
+        }
     }
 
     /// A write that keeps a backend busy (no wait, so no check for
