@@ -101,9 +101,8 @@ impl TestCluster {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let etcd_dir = dir.path().join("etcd");
         std::fs::create_dir(&etcd_dir).unwrap();
-        let etcd = EtcdServer::start(&etcd_dir, free_port(), free_port())
-            .await
-            .unwrap();
+        // Retries on other ports when another process took one first.
+        let etcd = EtcdServer::start_on_free_ports(&etcd_dir).await.unwrap();
         let su_file = secret(dir.path(), "su-password", SU_PASSWORD, run_as);
         let repl_file = secret(dir.path(), "repl-password", REPL_PASSWORD, run_as);
         TestCluster {
