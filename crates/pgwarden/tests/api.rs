@@ -1,6 +1,7 @@
 //! End-to-end: the keeper's HTTP API on a real 3-node cluster, and real
 //! haproxy running the config documented in docs/haproxy.md, through
-//! failovers.
+//! failovers and a switchover; the keepers' and the proxy's metrics through
+//! the same events.
 //!
 //! Load balancers trust these answers blindly, so every endpoint is checked on
 //! every node and for every method haproxy may use, and the haproxy config is
@@ -275,8 +276,10 @@ async fn every_endpoint_answers_right_on_every_node_and_follows_a_failover() {
     assert_eq!(send("PUT", "/nope", Some(right)).await, 404);
 
     // Failover: the primary's keeper stops; a standby is promoted.
+    let t0 = unix_ms();
     c.stop(&primary, Signal::SIGTERM);
     let new_primary = wait_new_primary(&c, &primary).await;
+    let t1 = unix_ms();
     let rest: Vec<&str> = UIDS.iter().copied().filter(|u| *u != primary).collect();
     wait_api_primary(&c, &rest, &new_primary).await;
     for uid in &rest {
@@ -294,6 +297,39 @@ async fn every_endpoint_answers_right_on_every_node_and_follows_a_failover() {
         0,
         "stopped keeper's API is gone"
     );
+
+    // The keepers that saw it counted one failover, and its duration is
+    // within what this test saw from outside.
+    for uid in &rest {
+        let m = poll(
+            &format!("{uid} to count the failover"),
+            FAILOVER,
+            || async {
+                let m = scrape(api(&c, uid)).await;
+                // The cluster metrics come from a snapshot cached for up to a
+                // second, so they may trail the counters.
+                let timed = m.contains_key(&duration_key(&c, "failover"));
+                (node_metric(&m, &c, uid, "pgwarden_failovers_total")? >= 1.0 && timed).then_some(m)
+            },
+        )
+        .await;
+        assert_eq!(
+            node_metric(&m, &c, uid, "pgwarden_failovers_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            node_metric(&m, &c, uid, "pgwarden_switchovers_total"),
+            Some(0.0)
+        );
+        assert_eq!(decided(&m, &c, uid, "promoted"), 1.0, "{uid}");
+        assert_eq!(decided(&m, &c, uid, "role_change_started"), 0.0, "{uid}");
+        let took = m[&duration_key(&c, "failover")];
+        let outside = (t1 - t0) as f64 / 1000.0;
+        assert!(
+            took >= 0.0 && took <= outside + 0.05,
+            "{took} s, seen in {outside} s"
+        );
+    }
 }
 
 #[tokio::test]
@@ -529,4 +565,325 @@ async fn haproxy_with_the_documented_config_follows_a_host_loss() {
         t0.elapsed()
     );
     h.wait_up("primary", &[&new_primary]).await;
+}
+
+/// The default spec's `primary_lease_ttl`: a renewal slower than this could
+/// not have kept the lease.
+const PRIMARY_LEASE_TTL_SECS: f64 = 3.0;
+
+fn ctl_ok(c: &TestCluster, args: &[&str]) -> String {
+    let out = c.ctl(args);
+    assert!(
+        out.status.success(),
+        "ctl {args:?} failed: {}",
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}
+
+/// `GET /metrics` on `port`, read by the strict parser.
+async fn scrape(port: u16) -> BTreeMap<String, f64> {
+    let r = http(port, "GET", "/metrics", &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{}",
+        r.head
+    );
+    parse_prometheus(&r.body)
+}
+
+/// A keeper's node metric, `None` when left out.
+fn node_metric(m: &BTreeMap<String, f64>, c: &TestCluster, uid: &str, name: &str) -> Option<f64> {
+    m.get(&format!("{name}{{cluster=\"{}\",uid=\"{uid}\"}}", c.name))
+        .copied()
+}
+
+/// The series of the last role change of `kind` (failover or switchover).
+fn duration_key(c: &TestCluster, kind: &str) -> String {
+    format!(
+        "pgwarden_cluster_last_failover_duration_seconds{{cluster=\"{}\",kind=\"{kind}\"}}",
+        c.name
+    )
+}
+
+fn decided(m: &BTreeMap<String, f64>, c: &TestCluster, uid: &str, reason: &str) -> f64 {
+    m[&format!(
+        "pgwarden_decisions_total{{cluster=\"{}\",uid=\"{uid}\",reason=\"{reason}\"}}",
+        c.name
+    )]
+}
+
+/// `pgwarden proxy` with `--metrics-listen`; killed on drop.
+struct MetricsProxy {
+    child: Child,
+    id: &'static str,
+    port: u16,
+    metrics: u16,
+}
+
+impl MetricsProxy {
+    fn start(c: &TestCluster, id: &'static str) -> MetricsProxy {
+        let (port, read_only, metrics) = (free_port(), free_port(), free_port());
+        let mut cmd = c.proxy_command(id, port, read_only);
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+        let child = spawn_logged(cmd, &c.path().join(format!("{id}.log")), None);
+        MetricsProxy {
+            child,
+            id,
+            port,
+            metrics,
+        }
+    }
+
+    fn series(&self, c: &TestCluster, name: &str, labels: &str) -> String {
+        let sep = if labels.is_empty() { "" } else { "," };
+        format!(
+            "{name}{{cluster=\"{}\",id=\"{}\"{sep}{labels}}}",
+            c.name, self.id
+        )
+    }
+}
+
+impl Drop for MetricsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a session through `port` lands on `uid`'s postgres, writable.
+async fn wait_lands_on(c: &TestCluster, port: u16, uid: &str) {
+    let want = (c.port_of(uid), false);
+    poll(&format!("port {port} to reach {uid}"), FAILOVER, || async {
+        (reached(port).await? == want).then_some(())
+    })
+    .await;
+}
+
+/// The primary-lease metrics agree with who holds the lease: a positive
+/// round trip below the TTL on `primary`, none on a node that never held
+/// it. Returns the primary's renewal count.
+async fn check_lease_metrics(c: &TestCluster, primary: &str, never_primary: &[&str]) -> f64 {
+    let m = poll(
+        &format!("a renewal round trip in {primary}'s metrics"),
+        FAILOVER,
+        || async {
+            let m = scrape(api(c, primary)).await;
+            node_metric(&m, c, primary, "pgwarden_primary_lease_renewal_seconds").map(|_| m)
+        },
+    )
+    .await;
+    let get = |name: &str| node_metric(&m, c, primary, name).unwrap();
+    let last = get("pgwarden_primary_lease_renewal_seconds");
+    assert!(last > 0.0 && last < PRIMARY_LEASE_TTL_SECS, "{last}");
+    let count = get("pgwarden_primary_lease_renewals_total");
+    assert!(count >= 1.0, "{count}");
+    assert!(get("pgwarden_primary_lease_renewals_seconds_total") >= last);
+    assert!(get("pgwarden_primary_lease_renewal_failures_total") >= 0.0);
+    for uid in never_primary {
+        let m = scrape(api(c, uid)).await;
+        assert_eq!(
+            node_metric(&m, c, uid, "pgwarden_primary_lease_renewal_seconds"),
+            None,
+            "{uid} holds no lease"
+        );
+        assert_eq!(
+            node_metric(&m, c, uid, "pgwarden_primary_lease_renewals_total"),
+            Some(0.0),
+            "{uid} never renewed a primary lease"
+        );
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_is_followed_by_haproxy_and_the_proxy_and_counted_in_the_metrics() {
+    let (c, h, primary) = cluster_behind_haproxy().await;
+    let standbys: Vec<&str> = UIDS.iter().copied().filter(|u| *u != primary).collect();
+    let to = standbys[0].to_string();
+    let proxy = MetricsProxy::start(&c, "p1");
+    wait_lands_on(&c, proxy.port, &primary).await;
+    let renewed = check_lease_metrics(&c, &primary, &standbys).await;
+
+    // Bytes through the proxy are counted while the session is open.
+    let bytes = |m: &BTreeMap<String, f64>, direction: &str| {
+        m[&proxy.series(
+            &c,
+            "pgwarden_proxy_bytes_total",
+            &format!("direction=\"{direction}\""),
+        )]
+    };
+    let on_primary_port =
+        |m: &BTreeMap<String, f64>, name: &str| m[&proxy.series(&c, name, "port=\"primary\"")];
+    let held = connect(proxy.port).await.unwrap();
+    let before = scrape(proxy.metrics).await;
+    let rows = held
+        .query("SELECT repeat('x', 100000) FROM generate_series(1, 3)", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let after = scrape(proxy.metrics).await;
+    assert!(
+        bytes(&after, "server_to_client") >= bytes(&before, "server_to_client") + 300_000.0,
+        "{before:?}\n{after:?}"
+    );
+    assert!(bytes(&after, "client_to_server") > bytes(&before, "client_to_server"));
+    assert!(on_primary_port(&after, "pgwarden_proxy_connections_active") >= 1.0);
+    assert!(on_primary_port(&after, "pgwarden_proxy_connections_total") >= 1.0);
+    assert_eq!(
+        on_primary_port(&after, "pgwarden_proxy_connections_cut_total"),
+        0.0
+    );
+    assert_eq!(after[&proxy.series(&c, "pgwarden_proxy_routing", "")], 1.0);
+    let generation = after[&proxy.series(&c, "pgwarden_proxy_generation", "")];
+
+    let t0 = unix_ms();
+    let out = ctl_ok(&c, &["switchover", "--to", &to, "--yes"]);
+    let t1 = unix_ms();
+    assert!(
+        out.contains(&format!("switchover done: {to} is the primary")),
+        "{out}"
+    );
+
+    // haproxy: once its checks have marked the old primary down (until
+    // then it may still hand it new clients, which find it read-only), every
+    // new client through the documented config reaches the new primary and
+    // writes there.
+    h.wait_up("primary", &[&to]).await;
+    for _ in 0..5 {
+        assert_eq!(reached(h.primary).await, Some((c.port_of(&to), false)));
+    }
+    let through = connect(h.primary).await.unwrap();
+    through
+        .batch_execute(
+            "CREATE TABLE after_switchover (id int); INSERT INTO after_switchover VALUES (1)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        query_strings(
+            c.port_of(&to),
+            "SELECT count(*)::text FROM after_switchover"
+        )
+        .await
+        .unwrap(),
+        ["1"]
+    );
+
+    // The proxy cut the session to the old primary, counted it, and routes
+    // new sessions to the new one.
+    let dead = tokio::time::timeout(Duration::from_secs(10), held.simple_query("SELECT 1")).await;
+    assert!(
+        matches!(dead, Ok(Err(_))),
+        "the session to the old primary is closed"
+    );
+    poll("the proxy to count the cut", FAILOVER, || async {
+        let m = scrape(proxy.metrics).await;
+        (on_primary_port(&m, "pgwarden_proxy_connections_cut_total") >= 1.0).then_some(())
+    })
+    .await;
+    wait_lands_on(&c, proxy.port, &to).await;
+    let m = scrape(proxy.metrics).await;
+    assert!(m[&proxy.series(&c, "pgwarden_proxy_generation", "")] > generation);
+    assert!(bytes(&m, "server_to_client") > bytes(&after, "server_to_client"));
+
+    // Every keeper counted exactly this one switchover and no failover.
+    for uid in UIDS {
+        let m = poll(
+            &format!("{uid} to count the switchover"),
+            FAILOVER,
+            || async {
+                let m = scrape(api(&c, uid)).await;
+                let timed = m.contains_key(&duration_key(&c, "switchover"));
+                (node_metric(&m, &c, uid, "pgwarden_switchovers_total")? >= 1.0 && timed)
+                    .then_some(m)
+            },
+        )
+        .await;
+        assert_eq!(
+            node_metric(&m, &c, uid, "pgwarden_switchovers_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            node_metric(&m, &c, uid, "pgwarden_failovers_total"),
+            Some(0.0)
+        );
+        assert_eq!(decided(&m, &c, uid, "role_change_started"), 1.0, "{uid}");
+        assert_eq!(decided(&m, &c, uid, "promoted"), 1.0, "{uid}");
+        assert_eq!(decided(&m, &c, uid, "deposed"), 0.0, "{uid}");
+        // Deposal to promotion, within what this test saw from outside.
+        let took = m[&duration_key(&c, "switchover")];
+        let outside = (t1 - t0) as f64 / 1000.0;
+        assert!(
+            took > 0.0 && took <= outside + 0.05,
+            "{took} s, ctl took {outside} s"
+        );
+        assert!(!m.contains_key(&duration_key(&c, "failover")));
+    }
+
+    // The lease moved with the role; the old primary's counts stay.
+    let old = primary.as_str();
+    poll(&format!("{old} to show no lease"), FAILOVER, || async {
+        let m = scrape(api(&c, old)).await;
+        node_metric(&m, &c, old, "pgwarden_primary_lease_renewal_seconds")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let m = scrape(api(&c, old)).await;
+    assert!(node_metric(&m, &c, old, "pgwarden_primary_lease_renewals_total").unwrap() >= renewed);
+    let never: Vec<&str> = standbys.iter().copied().filter(|u| *u != to).collect();
+    check_lease_metrics(&c, &to, &never).await;
+}
+
+#[tokio::test]
+async fn the_proxy_metrics_endpoint_is_off_by_default_and_an_occupied_port_fails_start_up() {
+    let help = std::process::Command::new(bin())
+        .args(["proxy", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--metrics-listen <ADDR:PORT>"), "{help}");
+    assert!(help.contains("off when absent"), "{help}");
+
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["proxy", "--cluster-name", "x"])
+        .args(["--store-endpoints", "http://127.0.0.1:1"])
+        .args(["--listen-address", "127.0.0.1", "--port", "0"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{taken}")])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Bounded: a proxy that started anyway would wait for etcd forever.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(
+        err.lines().last().unwrap_or_default(),
+        format!(
+            "error: proxy address 127.0.0.1:{taken} is already in use by another process: stop it or pass another --metrics-listen"
+        ),
+        "{err}"
+    );
 }

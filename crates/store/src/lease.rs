@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{LeaseId, Store};
+use crate::{LeaseId, Renewals, Store};
 
 /// Wait before retrying a failed grant or renewal (capped by the renewal
 /// interval).
@@ -61,6 +61,7 @@ impl LeaseState {
 pub struct LeaseKeeper {
     store: Store,
     state: watch::Receiver<LeaseState>,
+    renewals: Renewals,
     /// Stops the task (child of the caller's token; also fired on drop).
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -77,12 +78,34 @@ impl LeaseKeeper {
         Self::spawn_with_interval(store, ttl, ttl / 4, cancel)
     }
 
+    /// Like [`LeaseKeeper::spawn`], counting renewals into `renewals` (which
+    /// may be shared with earlier and later keepers, so that its counts
+    /// outlive one lease).
+    pub fn spawn_counted(
+        store: Store,
+        ttl: Duration,
+        cancel: CancellationToken,
+        renewals: Renewals,
+    ) -> LeaseKeeper {
+        Self::start(store, ttl, ttl / 4, cancel, renewals)
+    }
+
     /// Like [`LeaseKeeper::spawn`] with an explicit renewal interval.
     pub fn spawn_with_interval(
         store: Store,
         ttl: Duration,
         interval: Duration,
         cancel: CancellationToken,
+    ) -> LeaseKeeper {
+        Self::start(store, ttl, interval, cancel, Renewals::default())
+    }
+
+    fn start(
+        store: Store,
+        ttl: Duration,
+        interval: Duration,
+        cancel: CancellationToken,
+        renewals: Renewals,
     ) -> LeaseKeeper {
         let (tx, rx) = watch::channel(LeaseState::NONE);
         let stop = cancel.child_token();
@@ -91,11 +114,13 @@ impl LeaseKeeper {
             ttl,
             interval: interval.max(Duration::from_millis(10)),
             tx,
+            renewals: renewals.clone(),
         };
         let task = tokio::spawn(renewer.run(stop.clone()));
         LeaseKeeper {
             store,
             state: rx,
+            renewals,
             stop,
             task: Some(task),
         }
@@ -104,6 +129,11 @@ impl LeaseKeeper {
     /// The current state; `id` is `None` until the first grant.
     pub fn state(&self) -> watch::Receiver<LeaseState> {
         self.state.clone()
+    }
+
+    /// How the renewals went (round trips, failures).
+    pub fn renewals(&self) -> &Renewals {
+        &self.renewals
     }
 
     /// Stops the task and revokes the lease (best effort: a failure is logged
@@ -137,6 +167,7 @@ struct Renewer {
     ttl: Duration,
     interval: Duration,
     tx: watch::Sender<LeaseState>,
+    renewals: Renewals,
 }
 
 impl Renewer {
@@ -194,6 +225,7 @@ impl Renewer {
             let sent = Instant::now();
             match self.store.keep_alive_once(id).await {
                 Ok(Some(granted)) => {
+                    self.renewals.succeeded(sent.elapsed());
                     if failures > 0 {
                         info!(lease = id, failures, "lease renewed after failures");
                     }
@@ -205,6 +237,7 @@ impl Renewer {
                     });
                 }
                 Ok(None) => {
+                    self.renewals.failed();
                     warn!(
                         lease = id,
                         "lease expired on the server; granting a new one"
@@ -212,6 +245,7 @@ impl Renewer {
                     return;
                 }
                 Err(e) => {
+                    self.renewals.failed();
                     if failures == 0 {
                         warn!(lease = id, error = %e, "cannot renew lease; retrying");
                     } else {

@@ -10,7 +10,8 @@
 //!   ([`Store::cas`], [`Store::create`], [`Store::delete_if`]), optionally
 //!   fenced by another key's create revision ([`Guard`]);
 //! - leases, and a [`LeaseKeeper`] task that keeps one alive and publishes
-//!   until when it is known to be valid;
+//!   until when it is known to be valid (and, in [`Renewals`], how its
+//!   renewals went);
 //! - [`Store::watch_prefix`], a notification that something changed, which
 //!   never silently stops;
 //! - endpoint failover that keeps working with etcd members down (see
@@ -22,6 +23,7 @@ mod error;
 pub mod etcd_server;
 mod failover;
 mod lease;
+mod renewals;
 mod store;
 mod watch;
 
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 pub use error::StoreError;
 pub use lease::{LeaseKeeper, LeaseState};
+pub use renewals::{RenewalSummary, Renewals};
 pub use store::Store;
 
 /// An etcd lease id.

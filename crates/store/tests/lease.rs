@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{start_etcd, store};
-use pgwarden_store::{LeaseKeeper, StoreError};
+use pgwarden_store::{LeaseKeeper, Renewals, StoreError};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -119,4 +119,62 @@ async fn lease_keeper_replaces_a_lease_the_server_lost() {
     sleep(Duration::from_millis(300)).await;
     assert!(s.keep_alive_once(second).await.unwrap().is_some());
     drop(keeper);
+}
+
+#[tokio::test]
+async fn renewals_are_counted_with_their_round_trips_across_keepers() {
+    let etcd = start_etcd().await;
+    let s = store(&[etcd.server.endpoint()], "c");
+    let renewals = Renewals::default();
+    // A TTL of 2 s renews every 500 ms.
+    let ttl = Duration::from_secs(2);
+    let first =
+        LeaseKeeper::spawn_counted(s.clone(), ttl, CancellationToken::new(), renewals.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while renewals.summary().succeeded < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no two renewals: {:?}",
+            renewals.summary()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let seen = renewals.summary();
+    assert_eq!(first.renewals().summary().succeeded, seen.succeeded);
+    let last = seen.last.expect("a round trip after a renewal");
+    assert!(last > Duration::ZERO, "{seen:?}");
+    assert!(seen.total >= last, "{seen:?}");
+    assert_eq!(seen.failed, 0, "{seen:?}");
+
+    // The server forgets the lease: the next renewal fails, and is counted.
+    let id = first.state().borrow().id.unwrap();
+    s.revoke(id).await.unwrap();
+    while renewals.summary().failed == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed renewal: {:?}",
+            renewals.summary()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    first.release().await;
+
+    // A later keeper sharing the counts adds to them: they never go back.
+    let before = renewals.summary();
+    let second =
+        LeaseKeeper::spawn_counted(s.clone(), ttl, CancellationToken::new(), renewals.clone());
+    while renewals.summary().succeeded <= before.succeeded {
+        assert!(
+            Instant::now() < deadline,
+            "second keeper did not renew: {:?}",
+            renewals.summary()
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    let after = renewals.summary();
+    assert!(
+        after.total > before.total && after.failed >= before.failed,
+        "{before:?} -> {after:?}"
+    );
+    second.release().await;
 }

@@ -1,96 +1,34 @@
 //! `/metrics`: the node and the cluster in the Prometheus text format.
 //!
-//! Rendering is a pure function of what the keeper published and of a store
-//! snapshot, like the health checks, so it is tested without a server. Node
-//! metrics carry `cluster` and `uid` labels; cluster metrics (the same on
-//! every keeper, read from the store) carry `cluster`. Values the keeper does
-//! not know (an LSN before postgres ran) are left out rather than reported as
-//! zero, so a graph shows a gap instead of a false drop.
-
-use std::fmt::{Display, Write};
+//! Rendering is a pure function of what the keeper published, of the
+//! decisions it counted and of a store snapshot, like the health checks, so
+//! it is tested without a server. Node metrics carry `cluster` and `uid`
+//! labels; cluster metrics (the same on every keeper, read from the store)
+//! carry `cluster`. Values the keeper does not know (an LSN before postgres
+//! ran) are left out rather than reported as zero, so a graph shows a gap
+//! instead of a false drop. The list, with what each means, is in
+//! docs/metrics.md.
 
 use pgwarden_core::ObservedRole;
 
+use super::decisions::{self, Counts, RoleChange, RECORDED_REASONS};
+use super::exposition::{flag, Exposition, Kind};
 use super::health::{self, Check, Inputs};
 use crate::view::Snapshot;
-
-/// The text format version this renders.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Gauge,
-}
-
-/// Writes families one at a time: HELP and TYPE, then the samples.
-struct Exposition {
-    out: String,
-    family: &'static str,
-}
-
-impl Exposition {
-    fn family(&mut self, name: &'static str, kind: Kind, help: &str) {
-        self.family = name;
-        let kind = match kind {
-            Kind::Gauge => "gauge",
-        };
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, labels: &[(&str, &str)], value: impl Display) {
-        self.out.push_str(self.family);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    /// A family with one sample, or none when the value is unknown.
-    fn gauge(
-        &mut self,
-        name: &'static str,
-        help: &str,
-        labels: &[(&str, &str)],
-        value: Option<impl Display>,
-    ) {
-        self.family(name, Kind::Gauge, help);
-        if let Some(v) = value {
-            self.sample(labels, v);
-        }
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn flag(b: bool) -> u8 {
-    u8::from(b)
-}
 
 /// Renders every metric. `snapshot` is `None` when the store could not be read.
 pub fn render(
     cluster: &str,
     uid: &str,
     inputs: &Inputs<'_>,
+    decisions: &Counts,
     snapshot: Option<&Snapshot>,
 ) -> String {
-    let mut e = Exposition {
-        out: String::new(),
-        family: "",
-    };
+    let mut e = Exposition::new();
     let node = [("cluster", cluster), ("uid", uid)];
     node_metrics(&mut e, &node, inputs);
+    lease_metrics(&mut e, &node, inputs);
+    decision_metrics(&mut e, &node, decisions);
     e.gauge(
         "pgwarden_store_up",
         "1 when this keeper's API could read the cluster from etcd.",
@@ -100,7 +38,7 @@ pub fn render(
     if let Some(snap) = snapshot {
         cluster_metrics(&mut e, cluster, snap);
     }
-    e.out
+    e.finish()
 }
 
 fn node_metrics(e: &mut Exposition, node: &[(&str, &str)], inputs: &Inputs<'_>) {
@@ -218,6 +156,69 @@ fn node_metrics(e: &mut Exposition, node: &[(&str, &str)], inputs: &Inputs<'_>) 
     );
 }
 
+/// The primary lease's renewals: how close they run to its fencing margin.
+fn lease_metrics(e: &mut Exposition, node: &[(&str, &str)], inputs: &Inputs<'_>) {
+    let local = inputs.local;
+    let renewals = local
+        .map(|l| l.lease_renewals.summary())
+        .unwrap_or_default();
+    e.gauge(
+        "pgwarden_primary_lease_renewal_seconds",
+        "Round trip of the last successful renewal of this keeper's primary lease (present while it holds one and has renewed it).",
+        node,
+        local
+            .filter(|l| l.lease_valid_until.is_some())
+            .and(renewals.last)
+            .map(|d| d.as_secs_f64()),
+    );
+    e.counter(
+        "pgwarden_primary_lease_renewals_total",
+        "Successful renewals of this keeper's primary lease.",
+        node,
+        renewals.succeeded,
+    );
+    e.counter(
+        "pgwarden_primary_lease_renewals_seconds_total",
+        "Sum of the round trips of the successful renewals counted by pgwarden_primary_lease_renewals_total.",
+        node,
+        renewals.total.as_secs_f64(),
+    );
+    e.counter(
+        "pgwarden_primary_lease_renewal_failures_total",
+        "Renewals of this keeper's primary lease that did not extend it (request failed, or etcd no longer knew the lease).",
+        node,
+        renewals.failed,
+    );
+}
+
+/// What this keeper saw the sentinel decide since it started.
+fn decision_metrics(e: &mut Exposition, node: &[(&str, &str)], counts: &Counts) {
+    e.family(
+        "pgwarden_decisions_total",
+        Kind::Counter,
+        "Sentinel decisions that changed the generation, by reason, counted from the status history as this keeper saw it since it started.",
+    );
+    let mut reasons = counts.by_reason.clone();
+    for r in RECORDED_REASONS {
+        reasons.entry(r).or_default();
+    }
+    for (reason, n) in reasons {
+        e.sample(&[node, &[("reason", reason)]].concat(), n);
+    }
+    e.counter(
+        "pgwarden_failovers_total",
+        "Failovers (a standby promoted after the primary was deposed, not by ctl switchover) this keeper saw completed since it started.",
+        node,
+        counts.failovers,
+    );
+    e.counter(
+        "pgwarden_switchovers_total",
+        "Switchovers (ctl switchover) this keeper saw completed, with the target promoted, since it started.",
+        node,
+        counts.switchovers,
+    );
+}
+
 fn cluster_metrics(e: &mut Exposition, cluster: &str, snap: &Snapshot) {
     let c = [("cluster", cluster)];
     let status = &snap.status;
@@ -313,6 +314,18 @@ fn cluster_metrics(e: &mut Exposition, cluster: &str, snap: &Snapshot) {
         &c,
         status.history.last().map(|h| h.at_ms as f64 / 1000.0),
     );
+    e.family(
+        "pgwarden_cluster_last_failover_duration_seconds",
+        Kind::Gauge,
+        "Seconds from the decision that deposed the old primary to the one that promoted the new one, for the last failover and the last switchover in the status history (sentinel's clock).",
+    );
+    for (kind, took) in decisions::last_durations(&status.history) {
+        let kind = match kind {
+            RoleChange::Failover => "failover",
+            RoleChange::Switchover => "switchover",
+        };
+        e.sample(&[("cluster", cluster), ("kind", kind)], took.as_secs_f64());
+    }
 }
 
 #[cfg(test)]

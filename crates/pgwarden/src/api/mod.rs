@@ -5,40 +5,37 @@
 //! Load balancers route clients by these answers, so the API answers from
 //! what the keeper loop last published ([`LocalState`]) and never waits on
 //! postgres; only lag checks, `/cluster` and `/metrics` read the store, each
-//! with a bound. The listener is bound before the keeper touches postgres so
+//! with a bound (a background task also follows the status, to count the
+//! sentinel's decisions for `/metrics`: see `decisions`). The listener is bound before the keeper touches postgres so
 //! that a port someone else holds stops start-up with a clear error instead
 //! of a keeper nobody can route to. Nothing here changes state yet: requests
 //! other than GET/HEAD/OPTIONS are refused, 401 without the password from
 //! `--api-password-file` and 405 with it.
+//!
+//! The server loop (`http`) and the Prometheus writer (`exposition`) are
+//! shared with the proxy's metrics endpoint.
 
+mod decisions;
+pub mod exposition;
 mod health;
+pub mod http;
 mod metrics;
 mod routes;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use pgwarden_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use self::decisions::Decisions;
 use crate::keeper::LocalState;
 use crate::view::{self, Snapshot};
 
-/// Connections served at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 256;
-/// A client must send its request headers within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long open connections get to finish at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long a store snapshot serves lag checks and metrics.
 const SNAPSHOT_FRESH: Duration = Duration::from_secs(1);
 /// How long a failed store read is remembered before the next attempt, so
@@ -88,6 +85,8 @@ pub struct ApiContext {
     published: watch::Receiver<Option<Published>>,
     started_at: Instant,
     snapshots: SnapshotCache,
+    /// The sentinel's decisions seen since start, for `/metrics`.
+    decisions: Arc<Decisions>,
 }
 
 /// Serves the API on `listener` until `cancel`, answering from what arrives
@@ -109,13 +108,22 @@ pub async fn serve(
         password,
         published,
         started_at: Instant::now(),
+        decisions: Arc::new(Decisions::default()),
     });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP API listening");
     }
+    let handler = {
+        let ctx = ctx.clone();
+        move |req| {
+            let ctx = ctx.clone();
+            async move { routes::handle(&ctx, req).await }
+        }
+    };
     tokio::join!(
         follow(local, published_tx, cancel.clone()),
-        accept(listener, ctx, cancel),
+        decisions::follow(ctx.store.clone(), &ctx.decisions, cancel.clone()),
+        http::serve(listener, "HTTP API", handler, cancel),
     );
 }
 
@@ -141,62 +149,6 @@ async fn follow(
             state,
             at: Instant::now(),
         }));
-    }
-}
-
-async fn accept(listener: TcpListener, ctx: Arc<ApiContext>, cancel: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let connections = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => break,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    a = listener.accept() => a.map(|a| (a, permit)),
-                },
-                Err(_) => break,
-            },
-        };
-        let ((stream, peer), permit) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, carry on.
-                tracing::warn!(error = %e, "HTTP API cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (ctx, cancel) = (ctx.clone(), cancel.clone());
-        connections.spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(routes::handle(&ctx, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "HTTP API connection ended with an error");
-            }
-        });
-    }
-    connections.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
-        .await
-        .is_err()
-    {
-        tracing::debug!("HTTP API connections still open at shutdown: dropped");
     }
 }
 

@@ -15,11 +15,11 @@ use pgwarden_core::{Lsn, ObservedRole};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::exposition::CONTENT_TYPE as PROMETHEUS;
 use super::health::{self, Check, Inputs, PrimaryPosition};
+use super::http::Body;
 use super::{load, metrics, ApiContext};
 use crate::view::Snapshot;
-
-type Body = Full<Bytes>;
 
 const JSON: &str = "application/json";
 const SAFE_METHODS: &str = "GET, HEAD, OPTIONS";
@@ -116,8 +116,12 @@ async fn metrics_text(ctx: &ApiContext) -> Response<Body> {
         },
         max_lag: None,
     };
-    let text = metrics::render(&ctx.cluster, &ctx.uid, &inputs, snap.as_deref());
-    respond(StatusCode::OK, metrics::CONTENT_TYPE, text.into_bytes())
+    if let Some(s) = &snap {
+        ctx.decisions.observe(&s.status);
+    }
+    let decisions = ctx.decisions.counts();
+    let text = metrics::render(&ctx.cluster, &ctx.uid, &inputs, &decisions, snap.as_deref());
+    respond(StatusCode::OK, PROMETHEUS, text.into_bytes())
 }
 
 /// The assigned primary's last published write position.

@@ -20,7 +20,7 @@ use pgwarden_core::{
 use pgwarden_pg::{
     ConnParams, DataDirState, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf,
 };
-use pgwarden_store::{LeaseKeeper, LeaseState, Store};
+use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,9 @@ pub struct LocalState {
     /// Until when the primary lease is locally known valid (fencing deadline
     /// not included); `None` when this keeper holds no primary lease.
     pub lease_valid_until: Option<tokio::time::Instant>,
+    /// The primary lease's renewals since this keeper started (live counts,
+    /// shared by every primary lease it held).
+    pub lease_renewals: Renewals,
 }
 
 pub struct Node {
@@ -94,6 +97,8 @@ pub struct Node {
     /// A long action is running (initdb, base backup, rewind).
     initializing: bool,
     primary_lease: Option<PrimaryLease>,
+    /// Renewals of every primary lease this keeper held, for the API.
+    lease_renewals: Renewals,
     /// When postgres last died without being asked to.
     crashed_at: Option<tokio::time::Instant>,
     /// The last position and timeline postgres reported, kept for the report
@@ -142,6 +147,7 @@ impl Node {
             last_error: None,
             initializing: false,
             primary_lease: None,
+            lease_renewals: Renewals::default(),
             crashed_at: None,
             last_position: None,
             postmaster_pid: PostmasterPid::default(),
@@ -800,6 +806,7 @@ impl Node {
                 &self.cfg.uid,
                 spec.primary_lease_ttl.0,
                 self.postmaster_pid.clone(),
+                self.lease_renewals.clone(),
             ) {
                 Ok(l) => self.primary_lease = Some(l),
                 Err(e) => {
@@ -822,6 +829,7 @@ impl Node {
             assigned_primary: self.assigned_primary,
             generation: self.generation,
             lease_valid_until,
+            lease_renewals: self.lease_renewals.clone(),
         }));
         let Some(id) = lease.borrow().id else { return };
         if let Err(e) = self

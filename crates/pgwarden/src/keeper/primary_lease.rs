@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgwarden_core::keys;
-use pgwarden_store::{LeaseKeeper, LeaseState, Store, StoreOptions};
+use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store, StoreOptions};
 
 use super::watchdog::Watchdog;
 use tokio::sync::watch;
@@ -48,13 +48,15 @@ pub struct PrimaryLease {
 
 impl PrimaryLease {
     /// Starts renewing a lease of `ttl` and fencing on its behalf. The key is
-    /// not written until [`PrimaryLease::try_hold`].
+    /// not written until [`PrimaryLease::try_hold`]. Renewals are counted
+    /// into `renewals`, for the API's metrics.
     pub fn start(
         watchdog: Watchdog,
         store: &Store,
         uid: &str,
         ttl: Duration,
         postmaster: PostmasterPid,
+        renewals: Renewals,
     ) -> anyhow::Result<Self> {
         // A renewal must fail over to another endpoint well within the
         // margin, so this lease gets its own client with short timeouts.
@@ -63,7 +65,8 @@ impl PrimaryLease {
             connect_timeout: ttl / 6,
         };
         let store = Store::new(store.endpoints(), store.cluster(), options)?;
-        let lease = LeaseKeeper::spawn(store.clone(), ttl, CancellationToken::new());
+        let lease =
+            LeaseKeeper::spawn_counted(store.clone(), ttl, CancellationToken::new(), renewals);
         let fencer = CancellationToken::new();
         tokio::spawn(fence(
             lease.state(),

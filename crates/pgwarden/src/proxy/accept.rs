@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::relay::relay;
+use super::metrics::{Refusal, Stats};
+use super::relay::{relay, Ending};
 use super::table::{Port, Table};
 
 /// How long connecting to a backend may take before the client is let go.
@@ -81,6 +82,8 @@ pub struct Shared {
     turn: AtomicUsize,
     full: RateLimited,
     unreachable: RateLimited,
+    /// Counts for the metrics endpoint.
+    pub stats: Arc<Stats>,
 }
 
 impl Shared {
@@ -92,7 +95,13 @@ impl Shared {
             turn: AtomicUsize::new(0),
             full: RateLimited::new(WARN_INTERVAL),
             unreachable: RateLimited::new(WARN_INTERVAL),
+            stats: Arc::default(),
         }
+    }
+
+    /// The limit of open client connections.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     /// Client connections open now.
@@ -128,7 +137,9 @@ pub async fn serve(
                 continue;
             }
         };
+        shared.stats.accepted(port);
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            shared.stats.refused(port, Refusal::MaxConnections);
             if let Some(held_back) = shared.full.allow() {
                 tracing::warn!(
                     port = %port,
@@ -144,6 +155,7 @@ pub async fn serve(
         let target = match pick {
             Ok(t) => t,
             Err(why) => {
+                shared.stats.refused(port, Refusal::NoRoute);
                 if let Some(held_back) = refused.allow_for(&why.to_string()) {
                     tracing::warn!(port = %port, %peer, held_back, "closing a new client connection: {why}");
                 }
@@ -179,12 +191,14 @@ async fn handle(
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
+    let _open = shared.stats.open(port);
     let connect = tokio::time::timeout(
         CONNECT_TIMEOUT,
         TcpStream::connect((backend.host.as_str(), backend.port)),
     );
     let server = tokio::select! {
         _ = cut.cancelled() => {
+            shared.stats.cut(port);
             tracing::debug!(%peer, %backend, "route withdrawn while connecting");
             return;
         }
@@ -193,12 +207,14 @@ async fn handle(
     let server = match server {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            shared.stats.refused(port, Refusal::BackendUnreachable);
             if let Some(held_back) = shared.unreachable.allow() {
                 tracing::warn!(port = %port, %peer, held_back, error = %e, "cannot connect to {backend}: closing the client connection");
             }
             return;
         }
         Err(_) => {
+            shared.stats.refused(port, Refusal::BackendUnreachable);
             if let Some(held_back) = shared.unreachable.allow() {
                 tracing::warn!(port = %port, %peer, held_back, "{backend} did not accept a connection within {CONNECT_TIMEOUT:?}: closing the client connection");
             }
@@ -209,7 +225,10 @@ async fn handle(
         tracing::debug!(%backend, error = %e, "cannot set TCP_NODELAY on the backend connection");
     }
     tracing::debug!(port = %port, %peer, %backend, "relaying");
-    let relayed = relay(client, server, &cut).await;
+    let relayed = relay(client, server, &cut, &shared.stats.traffic).await;
+    if relayed.ending == Ending::Cut {
+        shared.stats.cut(port);
+    }
     tracing::debug!(
         port = %port,
         %peer,

@@ -12,10 +12,12 @@
 //!   table or closing the client at once;
 //! - `relay`: the byte pump between a client and its backend.
 //!
-//! `table` is what the control loop hands to the accept loops.
+//! `table` is what the control loop hands to the accept loops; `metrics`
+//! counts what they do and, with `--metrics-listen`, serves the counts.
 
 mod accept;
 mod control;
+mod metrics;
 mod relay;
 mod table;
 
@@ -62,6 +64,9 @@ pub struct ProxyArgs {
     /// Most client connections open at once, across both ports; more are closed at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics; off when absent.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs a proxy until `cancel`.
@@ -84,6 +89,10 @@ pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<(
     let primary = bind(&args.listen_address, args.port, "--port").await?;
     let read_only = match args.read_only_port {
         Some(port) => Some(bind(&args.listen_address, port, "--read-only-port").await?),
+        None => None,
+    };
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(bind(&addr.ip().to_string(), addr.port(), "--metrics-listen").await?),
         None => None,
     };
     let span = tracing::info_span!("proxy", cluster = store.cluster(), id = id.as_str());
@@ -118,6 +127,19 @@ pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<(
                     Port::ReadOnly,
                     table_rx,
                     shared.clone(),
+                    root.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+        if let Some(listener) = metrics_listener {
+            tracker.spawn(
+                metrics::serve(
+                    listener,
+                    store.cluster().to_string(),
+                    id.clone(),
+                    shared.clone(),
+                    table_tx.subscribe(),
                     root.clone(),
                 )
                 .in_current_span(),

@@ -16,10 +16,15 @@
 //!
 //! Postgres has no use for a half-open connection, so none of this loses
 //! anything a client could still read.
+//!
+//! Bytes are also added to a shared [`Traffic`] as they are written, so the
+//! proxy's metrics show a long session's traffic while it runs, not only
+//! once it ends.
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -56,15 +61,29 @@ pub struct Relayed {
     pub to_client: u64,
 }
 
+/// Bytes relayed so far, by direction, across every relay that shares it.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// From clients to backends.
+    pub to_backend: AtomicU64,
+    /// From backends to clients.
+    pub to_client: AtomicU64,
+}
+
 /// Relays bytes between `client` and `backend` until one of the endings in
-/// the module docs.
-pub async fn relay<C, B>(mut client: C, mut backend: B, cut: &CancellationToken) -> Relayed
+/// the module docs, adding them to `traffic` as they are written.
+pub async fn relay<C, B>(
+    mut client: C,
+    mut backend: B,
+    cut: &CancellationToken,
+    traffic: &Traffic,
+) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Pump::new();
-    let mut down = Pump::new();
+    let mut up = Pump::new(&traffic.to_backend);
+    let mut down = Pump::new(&traffic.to_client);
     let cancelled = cut.cancelled();
     tokio::pin!(cancelled);
     // Armed once the client has closed.
@@ -104,7 +123,9 @@ where
 
 /// One direction of the relay: read into the buffer, write it all out, repeat;
 /// on EOF shut the writer down.
-struct Pump {
+struct Pump<'a> {
+    /// The shared count of this direction.
+    counted: &'a AtomicU64,
     buf: Box<[u8]>,
     start: usize,
     end: usize,
@@ -114,9 +135,10 @@ struct Pump {
     bytes: u64,
 }
 
-impl Pump {
-    fn new() -> Self {
+impl<'a> Pump<'a> {
+    fn new(counted: &'a AtomicU64) -> Self {
         Pump {
+            counted,
             buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -173,6 +195,7 @@ impl Pump {
                 }
                 self.start += n;
                 self.bytes += n as u64;
+                self.counted.fetch_add(n as u64, Ordering::Relaxed);
                 self.unflushed = true;
             }
             if self.eof {
@@ -201,7 +224,9 @@ mod tests {
         let cut = CancellationToken::new();
         let task = {
             let cut = cut.clone();
-            tokio::spawn(async move { relay(client_side, backend_side, &cut).await })
+            tokio::spawn(async move {
+                relay(client_side, backend_side, &cut, &Traffic::default()).await
+            })
         };
         (client_app, backend_app, cut, task)
     }
@@ -299,6 +324,37 @@ mod tests {
         assert_eq!(relayed.ending, Ending::ClientClosed);
         assert!(started.elapsed() >= LINGER);
         drop(backend);
+    }
+
+    #[tokio::test]
+    async fn traffic_is_counted_while_the_relay_runs_and_adds_up_to_its_totals() {
+        let (mut client, client_side) = duplex(64);
+        let (mut backend, backend_side) = duplex(64);
+        let traffic = std::sync::Arc::new(Traffic::default());
+        let cut = CancellationToken::new();
+        let task = {
+            let (cut, traffic) = (cut.clone(), traffic.clone());
+            tokio::spawn(async move { relay(client_side, backend_side, &cut, &traffic).await })
+        };
+        client.write_all(b"query").await.unwrap();
+        let mut got = [0u8; 5];
+        backend.read_exact(&mut got).await.unwrap();
+        backend.write_all(b"rows!!").await.unwrap();
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        // Both sides still open: the counts are there already.
+        assert!(!task.is_finished());
+        assert_eq!(traffic.to_backend.load(Ordering::Relaxed), 5);
+        assert_eq!(traffic.to_client.load(Ordering::Relaxed), 6);
+        drop(backend);
+        let relayed = task.await.unwrap();
+        assert_eq!(
+            (relayed.to_backend, relayed.to_client),
+            (
+                traffic.to_backend.load(Ordering::Relaxed),
+                traffic.to_client.load(Ordering::Relaxed)
+            )
+        );
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ fn primary(now: Instant, lease_left: Option<Duration>) -> LocalState {
         assigned_primary: true,
         generation: 4,
         lease_valid_until: lease_left.map(|d| now + d),
+        lease_renewals: pgwarden_store::Renewals::default(),
     }
 }
 
@@ -37,6 +38,7 @@ fn standby(replay: u64, receive: u64) -> LocalState {
         assigned_primary: false,
         generation: 4,
         lease_valid_until: None,
+        lease_renewals: pgwarden_store::Renewals::default(),
     }
 }
 

@@ -8,6 +8,7 @@ use pgwarden_core::{Assignment, KeeperReport, Lsn, ObservedRole, Status};
 use tokio::time::Instant;
 
 use super::*;
+use crate::api::decisions::Counts;
 use crate::api::health::PrimaryPosition;
 use crate::keeper::LocalState;
 
@@ -24,6 +25,7 @@ fn standby_state() -> LocalState {
         assigned_primary: false,
         generation: 3,
         lease_valid_until: None,
+        lease_renewals: pgwarden_store::Renewals::default(),
     }
 }
 
@@ -80,7 +82,12 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(name_ok(name) && kind == "gauge", "{line}");
+            assert!(name_ok(name), "{line}");
+            assert!(
+                (kind == "counter" && name.ends_with("_total"))
+                    || (kind == "gauge" && !name.ends_with("_total")),
+                "{line}"
+            );
             assert!(typed.insert(name.to_string()), "TYPE twice: {line}");
             continue;
         }
@@ -110,7 +117,7 @@ fn a_standby_with_the_store_reachable() {
         primary: PrimaryPosition::Store(Some(Lsn(1000))),
         max_lag: None,
     };
-    let text = render("main", "k2", &inputs, Some(&snapshot()));
+    let text = render("main", "k2", &inputs, &Counts::default(), Some(&snapshot()));
     let m = parse(&text);
     let node = |name: &str| m[&format!("{name}{{cluster=\"main\",uid=\"k2\"}}")];
     assert_eq!(node("pgwarden_replica"), 1.0);
@@ -166,10 +173,167 @@ fn before_the_first_tick_and_without_the_store() {
         primary: PrimaryPosition::Unreachable,
         max_lag: None,
     };
-    let text = render("we\"ird\\", "k1", &inputs, None);
+    let text = render("we\"ird\\", "k1", &inputs, &Counts::default(), None);
     let m = parse(&text);
     let labels = "{cluster=\"we\\\"ird\\\\\",uid=\"k1\"}";
     assert_eq!(m[&format!("pgwarden_store_up{labels}")], 0.0);
     assert_eq!(m[&format!("pgwarden_postgres_up{labels}")], 0.0);
     assert!(!text.contains("pgwarden_cluster_generation"));
+}
+
+fn primary_state(now: Instant) -> LocalState {
+    let mut r = KeeperReport::new("k1", "127.0.0.1", 5432, "http://127.0.0.1:8008");
+    r.role = ObservedRole::Primary;
+    r.healthy = true;
+    r.timeline = 2;
+    r.current_lsn = Some(Lsn(1000));
+    LocalState {
+        report: r,
+        assigned_primary: true,
+        generation: 3,
+        lease_valid_until: Some(now + Duration::from_secs(4)),
+        lease_renewals: pgwarden_store::Renewals::default(),
+    }
+}
+
+fn inputs_for(local: &LocalState, now: Instant) -> Inputs<'_> {
+    Inputs {
+        local: Some(local),
+        published_at: Some(now),
+        started_at: now,
+        now,
+        primary: PrimaryPosition::NotLoaded,
+        max_lag: None,
+    }
+}
+
+#[test]
+fn primary_lease_renewals_while_holding_the_lease() {
+    let now = Instant::now();
+    let local = primary_state(now);
+    let renewals = &local.lease_renewals;
+    let node = |m: &BTreeMap<String, f64>, name: &str| {
+        m.get(&format!("{name}{{cluster=\"main\",uid=\"k1\"}}"))
+            .copied()
+    };
+
+    // Held, not renewed yet: no round trip to show.
+    let m = parse(&render(
+        "main",
+        "k1",
+        &inputs_for(&local, now),
+        &Counts::default(),
+        None,
+    ));
+    assert_eq!(node(&m, "pgwarden_primary_lease_renewal_seconds"), None);
+    assert_eq!(node(&m, "pgwarden_primary_lease_renewals_total"), Some(0.0));
+
+    renewals.succeeded(Duration::from_millis(4));
+    renewals.failed();
+    renewals.succeeded(Duration::from_millis(2));
+    let m = parse(&render(
+        "main",
+        "k1",
+        &inputs_for(&local, now),
+        &Counts::default(),
+        None,
+    ));
+    assert_eq!(
+        node(&m, "pgwarden_primary_lease_renewal_seconds"),
+        Some(0.002)
+    );
+    assert_eq!(node(&m, "pgwarden_primary_lease_renewals_total"), Some(2.0));
+    assert_eq!(
+        node(&m, "pgwarden_primary_lease_renewals_seconds_total"),
+        Some(0.006)
+    );
+    assert_eq!(
+        node(&m, "pgwarden_primary_lease_renewal_failures_total"),
+        Some(1.0)
+    );
+
+    // Lease given up: the counts stay, the last round trip goes.
+    let mut standby = local.clone();
+    standby.lease_valid_until = None;
+    let m = parse(&render(
+        "main",
+        "k1",
+        &inputs_for(&standby, now),
+        &Counts::default(),
+        None,
+    ));
+    assert_eq!(node(&m, "pgwarden_primary_lease_renewal_seconds"), None);
+    assert_eq!(node(&m, "pgwarden_primary_lease_renewals_total"), Some(2.0));
+}
+
+#[test]
+fn decisions_counted_and_the_last_role_changes_timed() {
+    use pgwarden_core::Reason;
+    let now = Instant::now();
+    let local = primary_state(now);
+    let mut snap = snapshot();
+    let entry = |generation, at_ms, reason: Reason| HistoryEntry {
+        at_ms,
+        generation,
+        old_primary: None,
+        new_primary: None,
+        reason: reason.to_string(),
+    };
+    snap.status.history = vec![entry(3, 1_000, Reason::InitialPrimary { uid: "k0".into() })];
+    snap.status.generation = 3;
+    let mut counts = Counts::default();
+    counts.observe(&snap.status);
+    snap.status.history.extend([
+        entry(
+            4,
+            5_000,
+            Reason::RoleChangeStarted {
+                kind: "switchover".into(),
+                from: Some("k0".into()),
+                to: "k1".into(),
+            },
+        ),
+        entry(
+            5,
+            5_750,
+            Reason::Promoted {
+                uid: "k1".into(),
+                from: "k0".into(),
+            },
+        ),
+    ]);
+    snap.status.generation = 5;
+    counts.observe(&snap.status);
+
+    let text = render("main", "k1", &inputs_for(&local, now), &counts, Some(&snap));
+    let m = parse(&text);
+    let decided = |reason: &str| {
+        m[&format!("pgwarden_decisions_total{{cluster=\"main\",uid=\"k1\",reason=\"{reason}\"}}")]
+    };
+    assert_eq!(decided("role_change_started"), 1.0);
+    assert_eq!(decided("promoted"), 1.0);
+    assert_eq!(
+        decided("deposed"),
+        0.0,
+        "every recorded reason has a series"
+    );
+    assert_eq!(decided("initial_primary"), 0.0, "before this keeper looked");
+    assert_eq!(
+        m["pgwarden_switchovers_total{cluster=\"main\",uid=\"k1\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["pgwarden_failovers_total{cluster=\"main\",uid=\"k1\"}"],
+        0.0
+    );
+    assert_eq!(
+        m["pgwarden_cluster_last_failover_duration_seconds{cluster=\"main\",kind=\"switchover\"}"],
+        0.75
+    );
+    assert!(
+        !text.contains(
+            "pgwarden_cluster_last_failover_duration_seconds{cluster=\"main\",kind=\"failover\"}"
+        ),
+        "no failover in the history: left out"
+    );
 }

@@ -9,6 +9,7 @@ use pgwarden_core::route::{NoPrimary, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
+use crate::proxy::metrics::Refusal;
 use crate::proxy::table;
 
 /// A backend that greets each connection with its name, then echoes.
@@ -159,6 +160,9 @@ async fn without_a_route_the_client_is_closed_at_once() {
     ro.route(None, &[]);
     let mut s = ro.connect().await;
     assert_closed_promptly(&mut s).await;
+    let refused = |p: &Proxy, port| p.shared.stats.refusals(port, Refusal::NoRoute);
+    assert_eq!(refused(&p, Port::Primary), 2);
+    assert_eq!(refused(&ro, Port::ReadOnly), 1);
 }
 
 #[tokio::test]
@@ -169,6 +173,12 @@ async fn an_unreachable_backend_closes_the_client_at_once() {
     assert_closed_promptly(&mut s).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(p.shared.open(), 0, "the slot is given back");
+    assert_eq!(
+        p.shared
+            .stats
+            .refusals(Port::Primary, Refusal::BackendUnreachable),
+        1
+    );
 }
 
 #[tokio::test]
@@ -187,6 +197,7 @@ async fn a_primary_change_cuts_open_connections_including_silent_ones() {
     let to_cut = p.route(Some(&b), &[]);
     assert_eq!(table::cut(to_cut).await, 2);
     assert!(old.relays.is_empty(), "no relay task is left behind");
+    assert_eq!(p.shared.stats.cuts(Port::Primary), 2);
     assert_closed_promptly(&mut busy).await;
     assert_closed_promptly(&mut silent).await;
     // New connections go to the new primary.
@@ -215,6 +226,12 @@ async fn the_connection_limit_closes_new_clients_and_frees_slots() {
     assert_eq!(greeting(&mut first, 4).await, "aaaa");
     let mut second = p.connect().await;
     assert_closed_promptly(&mut second).await;
+    assert_eq!(
+        p.shared
+            .stats
+            .refusals(Port::Primary, Refusal::MaxConnections),
+        1
+    );
     echo(&mut first, b"unaffected").await;
     drop(first);
     // The slot comes back once the relay noticed the close.
