@@ -101,6 +101,11 @@ async fn strict_mode_never_acknowledges_a_commit_no_standby_holds() {
     })
     .await;
     assert!(String::from_utf8_lossy(&c.ctl(&["status"]).stdout).contains("WRITES BLOCKED"));
+    // The primary's API says so too: /cluster and /metrics.
+    let api = c.keepers[&primary].api_port;
+    wait_writes_blocked_metric(api, 1.0).await;
+    let cluster = http(api, "GET", "/cluster", &[]).await.unwrap();
+    assert_eq!(cluster.json()["writes_blocked"], true, "{}", cluster.body);
     // A standby returns: the waiting commit completes.
     c.start_keeper(&other);
     let done = tokio::time::timeout(CONVERGE, pending)
@@ -111,6 +116,28 @@ async fn strict_mode_never_acknowledges_a_commit_no_standby_holds() {
         (c.status()["writes_blocked"] == false).then_some(())
     })
     .await;
+    wait_writes_blocked_metric(api, 0.0).await;
+}
+
+/// Waits until the keeper API's `pgwarden_cluster_writes_blocked` is `want`
+/// (the API caches the cluster for a second).
+async fn wait_writes_blocked_metric(api: u16, want: f64) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let body = http(api, "GET", "/metrics", &[]).await.unwrap().body;
+        let value = parse_prometheus(&body)
+            .into_iter()
+            .find(|(series, _)| series.starts_with("pgwarden_cluster_writes_blocked{"))
+            .map(|(_, v)| v);
+        if value == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pgwarden_cluster_writes_blocked is {value:?}, not {want}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

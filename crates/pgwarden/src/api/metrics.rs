@@ -272,12 +272,24 @@ fn cluster_metrics(e: &mut Exposition, cluster: &str, snap: &Snapshot) {
         &c,
         Some(snap.proxies.len()),
     );
+    let json = crate::ctl::status::to_json(cluster, snap);
+    e.gauge(
+        "pgwarden_cluster_sync_standbys",
+        "Standbys the status counts as synchronous (sync_mode on or strict).",
+        &c,
+        Some(json.sync_standbys.len()),
+    );
+    e.gauge(
+        "pgwarden_cluster_writes_blocked",
+        "1 when commits wait: strict synchronous mode with no synchronous standby.",
+        &c,
+        Some(flag(json.writes_blocked)),
+    );
     e.family(
         "pgwarden_standby_lag_bytes",
         Kind::Gauge,
         "Per standby: replayed position behind the primary's, in bytes.",
     );
-    let json = crate::ctl::status::to_json(cluster, snap);
     for m in json.members.iter().filter(|m| m.role == "standby") {
         if let Some(lag) = m.lag_bytes {
             e.sample(&[("cluster", cluster), ("uid", m.uid.as_str())], lag);
