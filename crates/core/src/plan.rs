@@ -116,7 +116,9 @@ pub struct Target<'a> {
     pub assignment: Option<&'a Assignment>,
     /// The cluster's system identifier, once its data exists.
     pub cluster_system_id: Option<u64>,
-    /// Slots the primary must hold: one per standby.
+    /// Slots this node must hold: on the primary one per standby following
+    /// it; on a standby one per other standby (what it would need as
+    /// primary, made ahead).
     pub wanted_slots: BTreeSet<String>,
     /// This keeper holds the primary lease now. Postgres is started or
     /// promoted as primary only then, so that two nodes are never writable.
@@ -256,6 +258,17 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
             }
             if !observed.running {
                 actions.push(PgAction::Start);
+            } else if let (Some(true), Some(slots)) = (observed.in_recovery, &observed.slots) {
+                // The slots its peers would need were it promoted, made ahead
+                // (unreserved: they keep no WAL) so that they stream the
+                // moment it is, not once it has made them after promotion.
+                actions.extend(
+                    target
+                        .wanted_slots
+                        .difference(slots)
+                        .cloned()
+                        .map(PgAction::CreateSlot),
+                );
             }
         }
     }
@@ -387,6 +400,31 @@ mod tests {
             plan(&target(Some(&s), Some(7)), &running_standby()).unwrap(),
             vec![]
         );
+    }
+
+    #[test]
+    fn a_streaming_standby_makes_its_peers_slots_ahead() {
+        let s = standby_of("h");
+        let t = Target {
+            wanted_slots: ["pgwarden_b".to_string(), "pgwarden_c".to_string()].into(),
+            ..target(Some(&s), Some(7))
+        };
+        let standby = Observed {
+            slots: Some(["pgwarden_b".to_string()].into()),
+            ..running_standby()
+        };
+        assert_eq!(
+            plan(&t, &standby).unwrap(),
+            vec![PgAction::CreateSlot("pgwarden_c".into())]
+        );
+        // Slots unknown (not queried): nothing; a stopped standby starts first.
+        assert_eq!(plan(&t, &running_standby()).unwrap(), vec![]);
+        let stopped = Observed {
+            running: false,
+            in_recovery: None,
+            ..standby
+        };
+        assert_eq!(plan(&t, &stopped).unwrap(), vec![PgAction::Start]);
     }
 
     #[test]

@@ -267,14 +267,15 @@ impl PgClient {
             .collect()
     }
 
-    /// Creates a physical slot that retains WAL from now on; an existing slot of
-    /// that name is fine.
-    pub async fn create_physical_slot(&self, name: &str) -> Result<(), PgError> {
+    /// Creates a physical slot; an existing slot of that name is fine. With
+    /// `reserve` it retains WAL from now on, without only from its first use
+    /// (a slot a standby makes ahead of a promotion).
+    pub async fn create_physical_slot(&self, name: &str, reserve: bool) -> Result<(), PgError> {
         let created = self
             .client
             .execute(
-                "SELECT pg_create_physical_replication_slot($1::text::name, true)",
-                &[&name],
+                "SELECT pg_create_physical_replication_slot($1::text::name, $2)",
+                &[&name, &reserve],
             )
             .await;
         match created {

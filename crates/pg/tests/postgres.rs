@@ -240,12 +240,12 @@ async fn primary_standby_failover_and_rewind() {
             .await
             .unwrap();
         primary
-            .create_physical_slot(&slot_name("keeper-b"))
+            .create_physical_slot(&slot_name("keeper-b"), true)
             .await
             .unwrap();
     }
     primary
-        .create_physical_slot(&slot_name("keeper-a"))
+        .create_physical_slot(&slot_name("keeper-a"), true)
         .await
         .unwrap();
     assert_eq!(
@@ -341,6 +341,25 @@ async fn primary_standby_failover_and_rewind() {
     // Failover: promote the standby; it checkpoints so pg_rewind sees its timeline.
     let before = status(&standby).await;
     assert_eq!(before.checkpoint_timeline, 1);
+    // A standby can make a slot ahead of its promotion, holding no WAL.
+    standby
+        .create_physical_slot(&slot_name("keeper-c"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        standby.replication_slots().await.unwrap(),
+        vec![slot_name("keeper-c")]
+    );
+    assert_eq!(
+        standby
+            .query_one_string(
+                "SELECT coalesce(restart_lsn::text, 'none') FROM pg_replication_slots"
+            )
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("none")
+    );
     assert_eq!(standby.timeline_history(1).await.unwrap(), None);
     standby.promote().await.unwrap();
     let st_b = status(&standby).await;
@@ -371,7 +390,7 @@ async fn primary_standby_failover_and_rewind() {
         .await
         .unwrap();
     standby
-        .create_physical_slot(&slot_name("keeper-a"))
+        .create_physical_slot(&slot_name("keeper-a"), true)
         .await
         .unwrap();
 

@@ -379,7 +379,7 @@ impl Node {
         let pg = if running { self.probe().await } else { None };
         let in_recovery = pg.as_ref().map(|s| s.in_recovery);
         let slots = match (&self.client, in_recovery) {
-            (Some(c), Some(false)) => c
+            (Some(c), Some(_)) => c
                 .replication_slots()
                 .await
                 .ok()
@@ -626,7 +626,13 @@ impl Node {
                 self.role_ready = true;
             }
             PgAction::CreateSlot(name) => {
-                self.client().await?.create_physical_slot(name).await?;
+                // On a standby the slot is made ahead of a promotion: it must
+                // not hold WAL back until somebody uses it.
+                let reserve = matches!(assignment, Some(Assignment::Primary));
+                self.client()
+                    .await?
+                    .create_physical_slot(name, reserve)
+                    .await?;
                 tracing::info!(slot = name.as_str(), "postgres: replication slot created");
             }
             PgAction::DropSlot(name) => {
@@ -923,10 +929,17 @@ struct SyncObserved {
 
 /// One slot per member that streams from this node.
 fn wanted_slots(status: &Status, uid: &str) -> BTreeSet<String> {
+    let primary = matches!(status.members.get(uid), Some(Assignment::Primary));
     status
         .members
         .iter()
-        .filter(|(_, a)| matches!(a, Assignment::Standby { follow, .. } if follow == uid))
+        .filter(|(u, a)| match a {
+            // The primary: its standbys. A standby: its peers, which would
+            // follow it if it were promoted.
+            Assignment::Standby { follow, .. } if primary => follow == uid,
+            Assignment::Standby { .. } => u.as_str() != uid,
+            Assignment::Primary => false,
+        })
         .map(|(u, _)| pgwarden_pg::slot_name(u))
         .collect()
 }
