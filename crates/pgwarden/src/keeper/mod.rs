@@ -5,6 +5,7 @@
 //! failure: the next tick is the retry), publish the report. It wakes on every
 //! change of `status`, on postmaster exit, and once a second.
 
+mod alive;
 pub mod config;
 mod divergence;
 mod node;

@@ -24,6 +24,7 @@ use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::alive::alive_during;
 use super::config::KeeperConfig;
 use super::divergence::DivergenceCheck;
 use super::primary_lease::{PostmasterPid, PrimaryLease};
@@ -535,12 +536,15 @@ impl Node {
         match action {
             PgAction::InitDb => {
                 tracing::info!("postgres: initdb (new cluster, data checksums on)");
-                self.initializing = true;
-                let r = pgwarden_pg::initdb(
-                    &self.bins,
-                    &dir,
-                    &self.cfg.su_username,
-                    &self.cfg.su_password_file,
+                self.begin_long_action();
+                let r = alive_during(
+                    &self.local,
+                    pgwarden_pg::initdb(
+                        &self.bins,
+                        &dir,
+                        &self.cfg.su_username,
+                        &self.cfg.su_password_file,
+                    ),
                 )
                 .await;
                 self.initializing = false;
@@ -548,14 +552,17 @@ impl Node {
             }
             PgAction::BaseBackup { host, port } => {
                 tracing::info!("postgres: cloning from {host}:{port} with pg_basebackup");
-                self.initializing = true;
-                let r = pgwarden_pg::basebackup(
-                    &self.bins,
-                    &dir,
-                    host,
-                    *port,
-                    &self.cfg.repl_username,
-                    &self.cfg.repl_password,
+                self.begin_long_action();
+                let r = alive_during(
+                    &self.local,
+                    pgwarden_pg::basebackup(
+                        &self.bins,
+                        &dir,
+                        host,
+                        *port,
+                        &self.cfg.repl_username,
+                        &self.cfg.repl_password,
+                    ),
                 )
                 .await;
                 self.initializing = false;
@@ -693,12 +700,15 @@ impl Node {
             host, port, self.cfg.su_username
         );
         tracing::info!("postgres: rewinding onto {host}:{port} with pg_rewind");
-        self.initializing = true;
-        let result = pgwarden_pg::rewind(
-            &self.bins,
-            &self.cfg.data_dir,
-            &source,
-            &self.cfg.su_password,
+        self.begin_long_action();
+        let result = alive_during(
+            &self.local,
+            pgwarden_pg::rewind(
+                &self.bins,
+                &self.cfg.data_dir,
+                &source,
+                &self.cfg.su_password,
+            ),
         )
         .await;
         self.initializing = false;
@@ -709,14 +719,17 @@ impl Node {
                 clear_dir(&self.cfg.data_dir)?;
                 self.last_position = None;
                 self.system_id = None;
-                self.initializing = true;
-                let r = pgwarden_pg::basebackup(
-                    &self.bins,
-                    &self.cfg.data_dir,
-                    host,
-                    port,
-                    &self.cfg.repl_username,
-                    &self.cfg.repl_password,
+                self.begin_long_action();
+                let r = alive_during(
+                    &self.local,
+                    pgwarden_pg::basebackup(
+                        &self.bins,
+                        &self.cfg.data_dir,
+                        host,
+                        port,
+                        &self.cfg.repl_username,
+                        &self.cfg.repl_password,
+                    ),
                 )
                 .await;
                 self.initializing = false;
@@ -795,6 +808,17 @@ impl Node {
             .context("the spec's pg_parameters (fix them with `pgwarden ctl spec set`; the current configuration stays)")?;
         self.checked_parameters = Some(spec.pg_parameters.clone());
         Ok(())
+    }
+
+    /// Marks the node initializing (initdb, base backup, rewind), also in
+    /// what the API shows, before an action that blocks the loop.
+    fn begin_long_action(&mut self) {
+        self.initializing = true;
+        self.local.send_modify(|state| {
+            if let Some(s) = state {
+                s.report.role = ObservedRole::Initializing;
+            }
+        });
     }
 
     /// Records the running postmaster for the fencer and the watchdog.
