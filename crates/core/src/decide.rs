@@ -149,6 +149,55 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// Every [`Reason::label`].
+    pub const LABELS: [&'static str; 18] = [
+        "unchanged",
+        "waiting_for_keepers",
+        "initial_primary",
+        "adopted_existing_data",
+        "recorded_system_id",
+        "assigned_standbys",
+        "health_changed",
+        "deposed",
+        "promoted",
+        "waiting_for_lease",
+        "waiting_for_proxies",
+        "no_candidate",
+        "request_refused",
+        "role_change_started",
+        "waiting_for_catch_up",
+        "waiting_for_positions",
+        "reinstated",
+        "sync_set_changed",
+    ];
+
+    /// The variant in snake case: a stable name for metrics and scripts (the
+    /// text of [`fmt::Display`] is for people and may be reworded).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Unchanged => "unchanged",
+            Reason::WaitingForKeepers => "waiting_for_keepers",
+            Reason::InitialPrimary { .. } => "initial_primary",
+            Reason::AdoptedExistingData { .. } => "adopted_existing_data",
+            Reason::RecordedSystemId { .. } => "recorded_system_id",
+            Reason::AssignedStandbys { .. } => "assigned_standbys",
+            Reason::HealthChanged => "health_changed",
+            Reason::Deposed { .. } => "deposed",
+            Reason::Promoted { .. } => "promoted",
+            Reason::WaitingForLease { .. } => "waiting_for_lease",
+            Reason::WaitingForProxies { .. } => "waiting_for_proxies",
+            Reason::NoCandidate { .. } => "no_candidate",
+            Reason::RequestRefused { .. } => "request_refused",
+            Reason::RoleChangeStarted { .. } => "role_change_started",
+            Reason::WaitingForCatchUp { .. } => "waiting_for_catch_up",
+            Reason::WaitingForPositions => "waiting_for_positions",
+            Reason::Reinstated { .. } => "reinstated",
+            Reason::SyncSetChanged { .. } => "sync_set_changed",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -254,8 +303,11 @@ pub fn decide(view: &ClusterView) -> Decision {
         None if next.deposed.is_some() => promote(&mut next, view),
         None => choose_first_primary(&mut next, view),
         Some(primary) => {
-            if view.primary_lease_holder.as_deref() == Some(primary.as_str()) {
+            if view.primary_lease_holder.as_deref() == Some(primary.as_str())
+                && !next.primary_confirmed
+            {
                 next.primary_confirmed = true;
+                next.primary_confirmed_ms = view.now_ms;
             }
             match check_primary(&mut next, view, &primary) {
                 Some(Reason::Deposed { uid, why }) => match promote(&mut next, view) {
@@ -297,6 +349,7 @@ pub fn decide(view: &ClusterView) -> Decision {
             old_primary: view.status.primary.clone(),
             new_primary: next.primary.clone(),
             reason: reason.to_string(),
+            kind: reason.label().to_string(),
         });
     }
     Decision { next, reason }
@@ -357,6 +410,7 @@ fn choose_first_primary(next: &mut Status, view: &ClusterView) -> Reason {
     next.generation += 1;
     next.primary = Some(uid.clone());
     next.primary_confirmed = false;
+    next.primary_confirmed_ms = 0;
     next.primary_since_ms = view.now_ms;
     next.members.insert(uid, Assignment::Primary);
     reason

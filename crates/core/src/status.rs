@@ -47,6 +47,11 @@ pub struct HistoryEntry {
     pub new_primary: Option<String>,
     /// Why, in one line.
     pub reason: String,
+    /// What kind of decision, stable for scripts and metrics
+    /// ([`crate::decide::Reason::label`]); empty in history written before
+    /// it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 /// The cluster's current assignment of roles.
@@ -91,6 +96,9 @@ pub struct Status {
     /// When the current primary was named or, during a failover, when the
     /// old one was deposed (ms since epoch).
     pub primary_since_ms: u64,
+    /// When the sentinel first saw the current primary hold the primary
+    /// lease, i.e. accept writes (ms since epoch; 0 until then).
+    pub primary_confirmed_ms: u64,
     /// Since when (ms since epoch) a member has been seen unhealthy.
     pub unhealthy_since: BTreeMap<String, u64>,
     /// The last decisions, oldest first.
@@ -115,6 +123,7 @@ impl Default for Status {
             sync_names: Vec::new(),
             primary_confirmed: false,
             primary_since_ms: 0,
+            primary_confirmed_ms: 0,
             unhealthy_since: BTreeMap::new(),
             history: Vec::new(),
         }
@@ -183,6 +192,7 @@ mod tests {
                 old_primary: None,
                 new_primary: None,
                 reason: "r".into(),
+                kind: String::new(),
             });
         }
         assert_eq!(s.history.len(), HISTORY_LEN);

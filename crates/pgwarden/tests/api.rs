@@ -279,7 +279,6 @@ async fn every_endpoint_answers_right_on_every_node_and_follows_a_failover() {
     let t0 = unix_ms();
     c.stop(&primary, Signal::SIGTERM);
     let new_primary = wait_new_primary(&c, &primary).await;
-    let t1 = unix_ms();
     let rest: Vec<&str> = UIDS.iter().copied().filter(|u| *u != primary).collect();
     wait_api_primary(&c, &rest, &new_primary).await;
     for uid in &rest {
@@ -323,8 +322,11 @@ async fn every_endpoint_answers_right_on_every_node_and_follows_a_failover() {
         );
         assert_eq!(decided(&m, &c, uid, "promoted"), 1.0, "{uid}");
         assert_eq!(decided(&m, &c, uid, "role_change_started"), 0.0, "{uid}");
+        // It runs to the moment the sentinel saw the new primary hold the
+        // lease, which may trail what this test saw; it cannot be later than
+        // this scrape.
         let took = m[&duration_key(&c, "failover")];
-        let outside = (t1 - t0) as f64 / 1000.0;
+        let outside = (unix_ms() - t0) as f64 / 1000.0;
         assert!(
             took >= 0.0 && took <= outside + 0.05,
             "{took} s, seen in {outside} s"
@@ -749,7 +751,6 @@ async fn a_switchover_is_followed_by_haproxy_and_the_proxy_and_counted_in_the_me
 
     let t0 = unix_ms();
     let out = ctl_ok(&c, &["switchover", "--to", &to, "--yes"]);
-    let t1 = unix_ms();
     assert!(
         out.contains(&format!("switchover done: {to} is the primary")),
         "{out}"
@@ -823,10 +824,10 @@ async fn a_switchover_is_followed_by_haproxy_and_the_proxy_and_counted_in_the_me
         assert_eq!(decided(&m, &c, uid, "deposed"), 0.0, "{uid}");
         // Deposal to promotion, within what this test saw from outside.
         let took = m[&duration_key(&c, "switchover")];
-        let outside = (t1 - t0) as f64 / 1000.0;
+        let outside = (unix_ms() - t0) as f64 / 1000.0;
         assert!(
             took > 0.0 && took <= outside + 0.05,
-            "{took} s, ctl took {outside} s"
+            "{took} s, {outside} s since ctl started"
         );
         assert!(!m.contains_key(&duration_key(&c, "failover")));
     }

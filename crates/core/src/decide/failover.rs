@@ -51,6 +51,7 @@ pub(super) fn check_primary(
     next.generation += 1;
     next.primary = None;
     next.primary_confirmed = false;
+    next.primary_confirmed_ms = 0;
     next.primary_since_ms = view.now_ms;
     next.deposed = Some(primary.to_string());
     next.members.insert(
@@ -232,6 +233,7 @@ fn name_primary(next: &mut Status, view: &ClusterView, uid: &str) {
     next.generation += 1;
     next.primary = Some(uid.to_string());
     next.primary_confirmed = false;
+    next.primary_confirmed_ms = 0;
     next.primary_since_ms = view.now_ms;
     next.deposed = None;
     next.target = None;

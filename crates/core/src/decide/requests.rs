@@ -24,6 +24,7 @@ pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Re
     let from = next.primary.take();
     next.generation += 1;
     next.primary_confirmed = false;
+    next.primary_confirmed_ms = 0;
     next.primary_since_ms = view.now_ms;
     if let Some(old) = &from {
         next.deposed = Some(old.clone());

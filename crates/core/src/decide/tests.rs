@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 const SID: u64 = 7_000_000_000_000_000_001;
 
+#[derive(Clone)]
 struct Cluster {
     view: ClusterView,
 }
@@ -130,6 +131,7 @@ fn first_keeper_becomes_the_primary() {
         old_primary: None,
         new_primary: Some("a".into()),
         reason: "a chosen as the first primary: it will create the cluster".into(),
+        kind: "initial_primary".into(),
     });
     assert_eq!(d.next, want);
 }
@@ -699,6 +701,15 @@ fn a_new_primary_gets_time_to_take_the_lease_then_is_replaced() {
     view.view.primary_lease_holder = Some("b".into());
     let held = view.decide();
     assert!(held.next.primary_confirmed);
+    // When it was first seen writable, kept while it stays so.
+    assert_eq!(c.next.primary_confirmed_ms, 0);
+    assert_eq!(held.next.primary_confirmed_ms, view.view.now_ms);
+    let mut again = view.clone();
+    again.view.status = held.next.clone();
+    again.view.now_ms += 5_000;
+    assert_eq!(again.decide().next.primary_confirmed_ms, view.view.now_ms);
+    // The promotion's history entry names its kind.
+    assert_eq!(c.next.history.last().unwrap().kind, "promoted");
     view.view.status = held.next;
     view.view.primary_lease_holder = None;
     view.view.keepers.remove("b");

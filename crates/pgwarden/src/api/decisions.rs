@@ -9,10 +9,10 @@
 //! process. Durations, on the other hand, are read off the history as it
 //! stands, so every keeper reports the same ones.
 //!
-//! A history entry records its reason as text (the `Display` of
-//! [`pgwarden_core::decide::Reason`]); [`reason_label`] maps it back to the
-//! variant, and a test goes through every variant so that a reworded reason
-//! cannot silently fall into `other`.
+//! A history entry records its kind ([`pgwarden_core::decide::Reason::label`]);
+//! entries written by an older sentinel have only the reason's text, which
+//! [`reason_label`] maps back to the variant (a test goes through every
+//! variant so that a reworded reason cannot silently fall into `other`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -78,7 +78,7 @@ impl Counts {
             if entry.generation <= seen {
                 continue;
             }
-            let reason = reason_label(&entry.reason);
+            let reason = label_of(entry);
             *self.by_reason.entry(reason).or_default() += 1;
             if reason == "promoted" {
                 match role_change(&status.history[..i]) {
@@ -147,13 +147,17 @@ async fn read_status(store: &Store) -> Result<Status, String> {
     }
 }
 
-/// The last promotion of each kind in `history` and how long it took: from
-/// the decision that deposed the old primary to the one that promoted the
-/// new one (zero when one decision did both), in the sentinel's clock.
-pub fn last_durations(history: &[HistoryEntry]) -> Vec<(RoleChange, Duration)> {
+/// The last promotion of each kind in the status history and how long it
+/// took, in the sentinel's clock: from the decision that deposed the old
+/// primary to the moment the sentinel saw the new one hold the primary
+/// lease (accept writes). For an older promotion, or one not confirmed yet,
+/// the end is the promotion decision itself.
+pub fn last_durations(status: &Status) -> Vec<(RoleChange, Duration)> {
+    let history = &status.history;
+    let newest_promotion = history.iter().rposition(|e| label_of(e) == "promoted");
     let mut out: Vec<(RoleChange, Duration)> = Vec::new();
     for (i, entry) in history.iter().enumerate().rev() {
-        if reason_label(&entry.reason) != "promoted" {
+        if label_of(entry) != "promoted" {
             continue;
         }
         let kind = role_change(&history[..i]);
@@ -161,19 +165,37 @@ pub fn last_durations(history: &[HistoryEntry]) -> Vec<(RoleChange, Duration)> {
             continue;
         }
         let started = deposal(&history[..i]).map_or(entry.at_ms, |d| d.at_ms);
-        out.push((
-            kind,
-            Duration::from_millis(entry.at_ms.saturating_sub(started)),
-        ));
+        let confirmed = Some(i) == newest_promotion
+            && status.primary_confirmed
+            && status.primary == entry.new_primary
+            && status.primary_confirmed_ms >= entry.at_ms;
+        let ended = if confirmed {
+            status.primary_confirmed_ms
+        } else {
+            entry.at_ms
+        };
+        out.push((kind, Duration::from_millis(ended.saturating_sub(started))));
     }
     out
+}
+
+/// What kind of decision `entry` was: its recorded kind, or (history of an
+/// older sentinel) what its text says.
+pub fn label_of(entry: &HistoryEntry) -> &'static str {
+    if entry.kind.is_empty() {
+        return reason_label(&entry.reason);
+    }
+    pgwarden_core::Reason::LABELS
+        .into_iter()
+        .find(|l| *l == entry.kind)
+        .unwrap_or("other")
 }
 
 /// The decision that deposed the primary a promotion following `before`
 /// replaced: the newest deposal since the last change of primary, if any.
 fn deposal(before: &[HistoryEntry]) -> Option<&HistoryEntry> {
     for entry in before.iter().rev() {
-        match reason_label(&entry.reason) {
+        match label_of(entry) {
             "deposed" | "role_change_started" => return Some(entry),
             "promoted" | "reinstated" | "initial_primary" | "adopted_existing_data" => return None,
             _ => {}

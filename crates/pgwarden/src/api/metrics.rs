@@ -329,9 +329,9 @@ fn cluster_metrics(e: &mut Exposition, cluster: &str, snap: &Snapshot) {
     e.family(
         "pgwarden_cluster_last_failover_duration_seconds",
         Kind::Gauge,
-        "Seconds from the decision that deposed the old primary to the one that promoted the new one, for the last failover and the last switchover in the status history (sentinel's clock).",
+        "Seconds from the decision that deposed the old primary to the new primary holding the primary lease (for an older one: to its promotion decision), for the last failover and the last switchover in the status history (sentinel's clock).",
     );
-    for (kind, took) in decisions::last_durations(&status.history) {
+    for (kind, took) in decisions::last_durations(status) {
         let kind = match kind {
             RoleChange::Failover => "failover",
             RoleChange::Switchover => "switchover",

@@ -102,6 +102,8 @@ fn samples() -> Vec<Reason> {
 fn every_reason_maps_back_to_its_variant() {
     for r in samples() {
         assert_eq!(reason_label(&r.to_string()), expected(&r), "{r}");
+        assert_eq!(r.label(), expected(&r), "{r}");
+        assert!(Reason::LABELS.contains(&r.label()), "{r}");
     }
     assert_eq!(reason_label("something a newer sentinel wrote"), "other");
     assert_eq!(reason_label(""), "other");
@@ -122,7 +124,24 @@ fn entry(generation: u64, at_ms: u64, reason: Reason) -> HistoryEntry {
         old_primary: None,
         new_primary: None,
         reason: reason.to_string(),
+        kind: reason.label().to_string(),
     }
+}
+
+#[test]
+fn the_recorded_kind_counts_and_old_history_falls_back_to_the_text() {
+    let mut e = deposed(1, 0);
+    assert_eq!(label_of(&e), "deposed");
+    // Reworded text, kind recorded: the kind counts.
+    e.reason = "the primary went away".into();
+    assert_eq!(label_of(&e), "deposed");
+    // An older sentinel's entry: no kind, the text says.
+    let mut old = promoted(2, 0, "k2", "k1");
+    old.kind.clear();
+    assert_eq!(label_of(&old), "promoted");
+    // A kind this keeper does not know.
+    e.kind = "something_newer".into();
+    assert_eq!(label_of(&e), "other");
 }
 
 fn status(history: &[HistoryEntry]) -> Status {
@@ -134,14 +153,18 @@ fn status(history: &[HistoryEntry]) -> Status {
 }
 
 fn promoted(generation: u64, at_ms: u64, uid: &str, from: &str) -> HistoryEntry {
-    entry(
-        generation,
-        at_ms,
-        Reason::Promoted {
-            uid: s(uid),
-            from: s(from),
-        },
-    )
+    HistoryEntry {
+        old_primary: None,
+        new_primary: Some(s(uid)),
+        ..entry(
+            generation,
+            at_ms,
+            Reason::Promoted {
+                uid: s(uid),
+                from: s(from),
+            },
+        )
+    }
 }
 
 fn switchover(generation: u64, at_ms: u64, to: &str) -> HistoryEntry {
@@ -235,23 +258,41 @@ fn durations_run_from_the_deposal_to_the_promotion() {
         promoted(8, 40_250, "k1", "k3"),
     ];
     assert_eq!(
-        last_durations(&history),
+        last_durations(&status(&history)),
         vec![
             (RoleChange::Switchover, Duration::from_millis(250)),
             (RoleChange::Failover, Duration::from_millis(3_500)),
         ]
     );
+    // The newest one, once the new primary holds the lease, ends there.
+    let mut confirmed = status(&history);
+    confirmed.primary = Some(s("k1"));
+    confirmed.primary_confirmed = true;
+    confirmed.primary_confirmed_ms = 40_600;
+    assert_eq!(
+        last_durations(&confirmed),
+        vec![
+            (RoleChange::Switchover, Duration::from_millis(600)),
+            (RoleChange::Failover, Duration::from_millis(3_500)),
+        ]
+    );
+    // A confirmation of somebody else (or from before) does not count.
+    confirmed.primary = Some(s("k3"));
+    assert_eq!(
+        last_durations(&confirmed)[0],
+        (RoleChange::Switchover, Duration::from_millis(250))
+    );
     // One decision that deposed and promoted: no time in between.
     assert_eq!(
-        last_durations(&[promoted(9, 50_000, "k2", "k1")]),
+        last_durations(&status(&[promoted(9, 50_000, "k2", "k1")])),
         vec![(RoleChange::Failover, Duration::ZERO)]
     );
     // A reinstated primary is not a failover.
     assert_eq!(
-        last_durations(&[
+        last_durations(&status(&[
             deposed(4, 20_000),
             entry(5, 25_000, Reason::Reinstated { uid: s("k2") })
-        ]),
+        ])),
         vec![]
     );
 }

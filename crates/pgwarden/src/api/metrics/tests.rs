@@ -52,6 +52,7 @@ fn snapshot() -> Snapshot {
             old_primary: old.map(String::from),
             new_primary: new.map(String::from),
             reason: "r".into(),
+            kind: String::new(),
         });
     }
     let mut k1 = KeeperReport::new("k1", "127.0.0.1", 5432, "http://127.0.0.1:8008");
@@ -278,6 +279,7 @@ fn decisions_counted_and_the_last_role_changes_timed() {
         old_primary: None,
         new_primary: None,
         reason: reason.to_string(),
+        kind: reason.label().to_string(),
     };
     snap.status.history = vec![entry(3, 1_000, Reason::InitialPrimary { uid: "k0".into() })];
     snap.status.generation = 3;
