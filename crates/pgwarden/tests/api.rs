@@ -573,16 +573,6 @@ async fn haproxy_with_the_documented_config_follows_a_host_loss() {
 /// not have kept the lease.
 const PRIMARY_LEASE_TTL_SECS: f64 = 3.0;
 
-fn ctl_ok(c: &TestCluster, args: &[&str]) -> String {
-    let out = c.ctl(args);
-    assert!(
-        out.status.success(),
-        "ctl {args:?} failed: {}",
-        stderr(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn unix_ms() -> u64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -750,7 +740,7 @@ async fn a_switchover_is_followed_by_haproxy_and_the_proxy_and_counted_in_the_me
     let generation = after[&proxy.series(&c, "pgwarden_proxy_generation", "")];
 
     let t0 = unix_ms();
-    let out = ctl_ok(&c, &["switchover", "--to", &to, "--yes"]);
+    let out = c.ctl_ok(&["switchover", "--to", &to, "--yes"]);
     assert!(
         out.contains(&format!("switchover done: {to} is the primary")),
         "{out}"

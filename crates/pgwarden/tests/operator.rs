@@ -16,16 +16,6 @@ async fn cluster() -> (TestCluster, String, Vec<String>) {
     TestCluster::three_nodes().await
 }
 
-fn ctl_ok(c: &TestCluster, args: &[&str]) -> String {
-    let out = c.ctl(args);
-    assert!(
-        out.status.success(),
-        "ctl {args:?} failed: {}",
-        stderr(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn ctl_err(c: &TestCluster, args: &[&str]) -> String {
     let out = c.ctl(args);
     assert!(
@@ -135,7 +125,7 @@ async fn switchover_hands_over_without_losing_a_write_and_the_old_primary_follow
 
     let writer = Writer::start(&c, &primary).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let out = ctl_ok(&c, &["switchover", "--to", &to, "--yes"]);
+    let out = c.ctl_ok(&["switchover", "--to", &to, "--yes"]);
     assert!(
         out.contains(&format!("switchover done: {to} is the primary")),
         "{out}"
@@ -163,16 +153,16 @@ async fn switchover_hands_over_without_losing_a_write_and_the_old_primary_follow
         status["history"].as_array().unwrap().last().unwrap()["new_primary"],
         to.as_str()
     );
-    let table = ctl_ok(&c, &["status"]);
+    let table = c.ctl_ok(&["status"]);
     assert!(table.contains("last request: done:"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_cluster_does_not_fail_over_until_the_operator_says_so() {
     let (mut c, primary, standbys) = cluster().await;
-    assert!(ctl_ok(&c, &["pause"]).contains("paused"));
+    assert!(c.ctl_ok(&["pause"]).contains("paused"));
     assert_eq!(c.status()["paused"], true);
-    assert!(ctl_ok(&c, &["status"]).contains("PAUSED"));
+    assert!(c.ctl_ok(&["status"]).contains("PAUSED"));
     c.kill_host(&primary);
     // Well past the lease TTL: still no promotion, the keepers keep running.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -183,7 +173,7 @@ async fn paused_cluster_does_not_fail_over_until_the_operator_says_so() {
     }
     // The operator promotes a standby by hand.
     let to = standbys[1].clone();
-    let out = ctl_ok(&c, &["failover", "--to", &to, "--yes"]);
+    let out = c.ctl_ok(&["failover", "--to", &to, "--yes"]);
     assert!(
         out.contains(&format!("failover done: {to} is the primary")),
         "{out}"
@@ -194,7 +184,7 @@ async fn paused_cluster_does_not_fail_over_until_the_operator_says_so() {
         .batch_execute("CREATE TABLE after_failover (x int)")
         .await
         .unwrap();
-    assert!(ctl_ok(&c, &["resume"]).contains("resumed"));
+    assert!(c.ctl_ok(&["resume"]).contains("resumed"));
     assert_eq!(c.status()["paused"], false);
 }
 
@@ -217,7 +207,7 @@ async fn cluster_wide_parameters_rolling_restart_and_reinit() {
     let e = ctl_err(&c, &["spec", "set", "pg_parameters.no_such_setting=1"]);
     assert!(e.contains("unrecognized configuration parameter"), "{e}");
     // A reload parameter is applied on every node.
-    ctl_ok(&c, &["spec", "set", "pg_parameters.work_mem=12MB"]);
+    c.ctl_ok(&["spec", "set", "pg_parameters.work_mem=12MB"]);
     for uid in c.keepers.keys() {
         let port = c.port_of(uid);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -227,7 +217,7 @@ async fn cluster_wide_parameters_rolling_restart_and_reinit() {
         }
     }
     // A restart parameter shows as pending until a rolling restart.
-    ctl_ok(&c, &["spec", "set", "pg_parameters.max_connections=120"]);
+    c.ctl_ok(&["spec", "set", "pg_parameters.max_connections=120"]);
     wait_for("pending restart on every node", CONVERGE, || {
         let s = c.status();
         s["members"]
@@ -237,8 +227,8 @@ async fn cluster_wide_parameters_rolling_restart_and_reinit() {
             .then_some(())
     })
     .await;
-    assert!(ctl_ok(&c, &["status"]).contains("pending restart"));
-    let out = ctl_ok(&c, &["restart", "--pending", "--yes"]);
+    assert!(c.ctl_ok(&["status"]).contains("pending restart"));
+    let out = c.ctl_ok(&["restart", "--pending", "--yes"]);
     assert!(out.contains(&format!("{primary} restarted")), "{out}");
     let s = c.wait_converged(2, CONVERGE).await;
     assert_ne!(
@@ -275,7 +265,7 @@ async fn cluster_wide_parameters_rolling_restart_and_reinit() {
         .clone();
     let marker = c.keepers[&victim].data_dir.join("pgwarden-e2e-marker");
     std::fs::write(&marker, "old data").unwrap();
-    ctl_ok(&c, &["reinit", &victim, "--yes"]);
+    c.ctl_ok(&["reinit", &victim, "--yes"]);
     assert!(!marker.exists(), "reinit kept the old data");
     assert!(c.log(&victim).contains("emptying the data directory"));
     c.wait_converged(2, CONVERGE).await;

@@ -144,6 +144,17 @@ impl TestCluster {
         self.command().arg("ctl").args(args).output().unwrap()
     }
 
+    /// `ctl` that must succeed; its standard output.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "ctl {args:?} failed: {}",
+            stderr(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `ctl status --output json`, parsed.
     /// A store read can time out when the shared machine is overloaded
     /// (etcd's fsyncs stall): a few attempts before failing the test.
