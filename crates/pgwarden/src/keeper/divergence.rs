@@ -20,21 +20,33 @@ use tokio::time::Instant;
 /// restarting, slot created a moment late) pass well within it.
 const GRACE: Duration = Duration::from_secs(3);
 
+/// At most one look at the upstream's history this often: each costs a
+/// connection, and an unreachable upstream a connect timeout of the tick.
+const RECHECK: Duration = Duration::from_secs(3);
+
+/// The connect timeout of that look: the keeper's tick waits for it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The state of the check across ticks.
 #[derive(Debug, Default)]
 pub struct DivergenceCheck {
     not_streaming_since: Option<Instant>,
+    /// When the upstream's history was last read, and the verdict then.
+    last_look: Option<(Instant, bool)>,
 }
 
 impl DivergenceCheck {
     /// Not a standby (or not running): nothing to watch.
     pub fn reset(&mut self) {
         self.not_streaming_since = None;
+        self.last_look = None;
     }
 
     /// Whether this standby (`pg`, queried through `own`, following
-    /// `upstream` that is the cluster's primary) replayed past its upstream's fork point. `follows_primary`
-    /// false, or a standby that streams, resets the clock.
+    /// `upstream` that is the cluster's primary) replayed past its
+    /// upstream's fork point. `follows_primary` false, or a standby that
+    /// streams, resets the clock. The upstream is read at most every
+    /// [`RECHECK`]; in between the last verdict stands.
     pub async fn diverged(
         &mut self,
         follows_primary: bool,
@@ -43,13 +55,24 @@ impl DivergenceCheck {
         upstream: ConnParams,
     ) -> bool {
         let Some(pg) = pg.filter(|p| follows_primary && p.in_recovery && !p.streaming) else {
-            self.not_streaming_since = None;
+            self.reset();
             return false;
         };
         let since = *self.not_streaming_since.get_or_insert_with(Instant::now);
         if since.elapsed() < GRACE {
             return false;
         }
+        if let Some((at, verdict)) = self.last_look {
+            if at.elapsed() < RECHECK {
+                return verdict;
+            }
+        }
+        let verdict = self.look(pg, own, upstream).await;
+        self.last_look = Some((Instant::now(), verdict));
+        verdict
+    }
+
+    async fn look(&self, pg: &PgStatus, own: &PgClient, mut upstream: ConnParams) -> bool {
         let Some(replay) = pg.replay_lsn else {
             return false;
         };
@@ -61,6 +84,7 @@ impl DivergenceCheck {
             Err(_) => return false,
         };
         let ours = pg.checkpoint_timeline.max(segments);
+        upstream.connect_timeout = CONNECT_TIMEOUT;
         let Ok(client) = PgClient::connect(&upstream).await else {
             return false;
         };
