@@ -1,36 +1,39 @@
 //! The keeper's node: the postmaster it owns, what it observes of it, and the
-//! execution of [`PgAction`]s.
+//! execution of [`PgAction`]s. This file holds the loop (a tick: read the
+//! cluster, observe, plan, act, publish); `observe` looks at postgres and
+//! `actions` carries the plan out.
 //!
 //! The node keeps as little state as it can: the postmaster handle, a cached
 //! SQL connection, and the last generation it carried out. Everything else is
 //! observed afresh each tick.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use pgwarden_core::decide::sync::render_sync_names;
-use pgwarden_core::plan::{DataState, Target};
+use pgwarden_core::plan::Target;
 use pgwarden_core::spec::{NodeAction, OnPostgresCrash};
 use pgwarden_core::{
     keys, plan, Assignment, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
 };
-use pgwarden_pg::{
-    ConnParams, DataDirState, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf,
-};
+use pgwarden_pg::{ConnParams, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf};
 use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::alive::alive_during;
 use super::config::KeeperConfig;
 use super::divergence::DivergenceCheck;
 use super::primary_lease::{PostmasterPid, PrimaryLease};
 use super::watchdog::Watchdog;
 use super::TICK;
 use crate::view;
+
+mod actions;
+mod observe;
+
+use observe::SyncObserved;
 
 /// Tick while a failover or switchover is in progress.
 const FAST_TICK: Duration = Duration::from_millis(50);
@@ -340,119 +343,6 @@ impl Node {
         }
     }
 
-    /// Observes postgres for `plan`.
-    async fn observe(
-        &mut self,
-        spec: &Spec,
-        status: &Status,
-        assignment: Option<&Assignment>,
-    ) -> anyhow::Result<Observation> {
-        if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
-            tracing::warn!("postgres is not running: {info}");
-            self.crashed_at = Some(tokio::time::Instant::now());
-            self.postmaster = None;
-            self.set_postmaster_pid(0);
-            self.client = None;
-            self.role_ready = false;
-        }
-        let data = match pgwarden_pg::inspect_data_dir(&self.cfg.data_dir)? {
-            DataDirState::Missing => DataState::Missing,
-            DataDirState::Empty => DataState::Empty,
-            DataDirState::Foreign => DataState::Foreign,
-            DataDirState::Postgres { .. } => {
-                let sid = match self.system_id {
-                    Some(sid) => sid,
-                    None => {
-                        pgwarden_pg::controldata(&self.bins, &self.cfg.data_dir)
-                            .await?
-                            .system_identifier
-                    }
-                };
-                self.system_id = Some(sid);
-                DataState::Postgres { system_id: sid }
-            }
-        };
-        if matches!(data, DataState::Missing | DataState::Empty) {
-            self.system_id = None;
-            self.last_position = None;
-        }
-        let running = self.postmaster.is_some();
-        let pg = if running { self.probe().await } else { None };
-        let in_recovery = pg.as_ref().map(|s| s.in_recovery);
-        let slots = match (&self.client, in_recovery) {
-            (Some(c), Some(_)) => c
-                .replication_slots()
-                .await
-                .ok()
-                .map(|v| v.into_iter().collect()),
-            _ => None,
-        };
-        let config_current = match data {
-            DataState::Postgres { .. } => self.config_matches(spec, status, assignment),
-            _ => false,
-        };
-        let diverged = match (assignment, &self.client) {
-            (Some(Assignment::Standby { follow, host, port }), Some(own)) => {
-                let follows_primary = status.primary.as_deref() == Some(follow.as_str());
-                let upstream = self.conn_params(host, *port);
-                self.divergence
-                    .diverged(follows_primary, pg.as_ref(), own, upstream)
-                    .await
-            }
-            _ => {
-                self.divergence.reset();
-                false
-            }
-        };
-        Ok(Observation {
-            plan_input: Observed {
-                data,
-                running,
-                in_recovery,
-                standby_signal: self.cfg.data_dir.join("standby.signal").exists(),
-                config_current,
-                slots,
-                replication_role_ready: self.role_ready,
-                diverged,
-            },
-            pg,
-        })
-    }
-
-    /// Queries postgres over a cached connection, reconnecting once.
-    /// Queries postgres and remembers its position. The timeline only ever
-    /// rises for one data directory; a standby whose upstream died reports
-    /// its last checkpoint's (older) timeline, so the highest seen is kept.
-    async fn probe(&mut self) -> Option<PgStatus> {
-        let mut status = self.query_status().await?;
-        status.timeline = status.timeline.max(self.known_timeline());
-        let position = status
-            .current_lsn
-            .or(status.receive_lsn.max(status.replay_lsn));
-        if let Some(lsn) = position {
-            self.last_position = Some((lsn, status.timeline));
-        }
-        Some(status)
-    }
-
-    fn known_timeline(&self) -> u32 {
-        self.last_position.map_or(0, |(_, tl)| tl)
-    }
-
-    async fn query_status(&mut self) -> Option<PgStatus> {
-        if let Some(c) = &self.client {
-            if let Ok(s) = c.status().await {
-                return Some(s);
-            }
-            self.client = None;
-        }
-        let params = self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port);
-        let client = PgClient::connect(&params).await.ok()?;
-        let status = client.status().await.ok()?;
-        self.client = Some(client);
-        Some(status)
-    }
-
     fn conn_params(&self, host: &str, port: u16) -> ConnParams {
         ConnParams {
             host: host.to_string(),
@@ -526,220 +416,6 @@ impl Node {
             && standby_ok
     }
 
-    async fn execute(
-        &mut self,
-        action: &PgAction,
-        spec: &Spec,
-        assignment: Option<&Assignment>,
-    ) -> anyhow::Result<()> {
-        let dir = self.cfg.data_dir.clone();
-        match action {
-            PgAction::InitDb => {
-                tracing::info!("postgres: initdb (new cluster, data checksums on)");
-                self.begin_long_action();
-                let r = alive_during(
-                    &self.local,
-                    pgwarden_pg::initdb(
-                        &self.bins,
-                        &dir,
-                        &self.cfg.su_username,
-                        &self.cfg.su_password_file,
-                    ),
-                )
-                .await;
-                self.initializing = false;
-                r.context("initdb")?;
-            }
-            PgAction::BaseBackup { host, port } => {
-                tracing::info!("postgres: cloning from {host}:{port} with pg_basebackup");
-                self.begin_long_action();
-                let r = alive_during(
-                    &self.local,
-                    pgwarden_pg::basebackup(
-                        &self.bins,
-                        &dir,
-                        host,
-                        *port,
-                        &self.cfg.repl_username,
-                        &self.cfg.repl_password,
-                    ),
-                )
-                .await;
-                self.initializing = false;
-                r.context("pg_basebackup")?;
-            }
-            PgAction::Rewind { host, port } => self.rewind(spec, host, *port).await?,
-            PgAction::WriteConfig => {
-                self.check_parameters(spec).await?;
-                let standby = matches!(assignment, Some(Assignment::Standby { .. }));
-                let conf = pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment));
-                pgwarden_pg::write_file_atomic(&dir.join("postgresql.conf"), &conf, 0o600)?;
-                pgwarden_pg::write_file_atomic(&dir.join("pg_hba.conf"), &self.hba(spec), 0o600)?;
-                if standby {
-                    pgwarden_pg::set_standby_signal(&dir, true)?;
-                }
-                tracing::info!(standby, "postgres: configuration written");
-            }
-            PgAction::Start => {
-                tracing::info!("postgres: starting");
-                let pm = Postmaster::spawn(&self.bins, &dir, None)?;
-                self.set_postmaster_pid(pm.pid());
-                self.postmaster = Some(pm);
-                self.crashed_at = None;
-                self.role_ready = false;
-                self.wait_until_ready().await?;
-            }
-            PgAction::Stop => {
-                tracing::info!("postgres: stopping (fast)");
-                if let Some(pm) = self.postmaster.take() {
-                    pm.stop(STOP_TIMEOUT).await?;
-                }
-                self.set_postmaster_pid(0);
-                self.client = None;
-                // The end of WAL after a clean shutdown is its shutdown
-                // checkpoint: a switchover target must have received past it.
-                if let Ok(cd) = pgwarden_pg::controldata(&self.bins, &dir).await {
-                    let timeline = cd.timeline.max(self.known_timeline());
-                    self.last_position = Some((cd.checkpoint_lsn, timeline));
-                }
-            }
-            PgAction::Reload => {
-                tracing::info!("postgres: reloading configuration");
-                if let Some(pm) = &self.postmaster {
-                    pm.reload()?;
-                }
-            }
-            PgAction::Promote => {
-                tracing::info!("postgres: promoting to primary");
-                let client = self.client().await?;
-                client.promote().await?;
-                // pg_rewind of the old primary reads the new timeline from
-                // this node's control file, which a checkpoint updates.
-                client.execute("CHECKPOINT").await?;
-            }
-            PgAction::EnsureReplicationRole => {
-                let (user, password) = (
-                    self.cfg.repl_username.clone(),
-                    self.cfg.repl_password.clone(),
-                );
-                self.client()
-                    .await?
-                    .ensure_replication_role(&user, &password)
-                    .await?;
-                tracing::info!(
-                    role = self.cfg.repl_username.as_str(),
-                    "postgres: replication role ready"
-                );
-                self.role_ready = true;
-            }
-            PgAction::CreateSlot(name) => {
-                // On a standby the slot is made ahead of a promotion: it must
-                // not hold WAL back until somebody uses it.
-                let reserve = matches!(assignment, Some(Assignment::Primary));
-                self.client()
-                    .await?
-                    .create_physical_slot(name, reserve)
-                    .await?;
-                tracing::info!(slot = name.as_str(), "postgres: replication slot created");
-            }
-            PgAction::DropSlot(name) => {
-                self.client().await?.drop_slot(name).await?;
-                tracing::info!(slot = name.as_str(), "postgres: replication slot dropped");
-            }
-            PgAction::Wipe => {
-                tracing::info!(
-                    "postgres: emptying the data directory to clone it again (operator request)"
-                );
-                clear_dir(&dir)?;
-                self.system_id = None;
-                self.last_position = None;
-            }
-        }
-        Ok(())
-    }
-
-    async fn client(&mut self) -> anyhow::Result<&PgClient> {
-        if self.client.is_none() {
-            let c = PgClient::connect(
-                &self.conn_params(&self.cfg.pg_advertise_address, self.cfg.pg_port),
-            )
-            .await?;
-            self.client = Some(c);
-        }
-        self.client.as_ref().context("connect to postgres")
-    }
-
-    async fn wait_until_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(info) = self.postmaster.as_ref().and_then(|pm| pm.has_exited()) {
-                self.postmaster = None;
-                anyhow::bail!(
-                    "postgres exited during start-up: {info}; see the postgres lines above"
-                );
-            }
-            if self.probe().await.is_some() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "postgres did not accept connections within {}s",
-                    START_TIMEOUT.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Rewinds onto the primary's timeline; when that fails and the spec
-    /// allows, re-clones (the data is this cluster's: plan checked the system
-    /// identifier).
-    async fn rewind(&mut self, spec: &Spec, host: &str, port: u16) -> anyhow::Result<()> {
-        let source = format!(
-            "host={} port={} user={} dbname=postgres connect_timeout=5",
-            host, port, self.cfg.su_username
-        );
-        tracing::info!("postgres: rewinding onto {host}:{port} with pg_rewind");
-        self.begin_long_action();
-        let result = alive_during(
-            &self.local,
-            pgwarden_pg::rewind(
-                &self.bins,
-                &self.cfg.data_dir,
-                &source,
-                &self.cfg.su_password,
-            ),
-        )
-        .await;
-        self.initializing = false;
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if spec.reclone_on_rewind_failure => {
-                tracing::warn!(error = %e, "pg_rewind failed: re-cloning from the primary (spec reclone_on_rewind_failure)");
-                clear_dir(&self.cfg.data_dir)?;
-                self.last_position = None;
-                self.system_id = None;
-                self.begin_long_action();
-                let r = alive_during(
-                    &self.local,
-                    pgwarden_pg::basebackup(
-                        &self.bins,
-                        &self.cfg.data_dir,
-                        host,
-                        port,
-                        &self.cfg.repl_username,
-                        &self.cfg.repl_password,
-                    ),
-                )
-                .await;
-                self.initializing = false;
-                r.context("pg_basebackup after a failed rewind")?;
-                Ok(())
-            }
-            Err(e) => Err(e).context("pg_rewind (re-cloning is off in the spec)"),
-        }
-    }
-
     /// After postgres crashed on a primary, the keeper waits up to
     /// CRASH_VERDICT_WAIT before restarting it, so that the sentinel can fail
     /// over (spec `on_postgres_crash = failover`).
@@ -749,51 +425,6 @@ impl Node {
             && self
                 .crashed_at
                 .is_some_and(|t| t.elapsed() < CRASH_VERDICT_WAIT)
-    }
-
-    /// On a writable primary: what synchronous replication is in effect.
-    /// The order matters (see decide::sync): the setting first, then the
-    /// write position, then each standby's flush position.
-    async fn observe_sync(&mut self, pg: Option<&PgStatus>) -> Option<SyncObserved> {
-        if pg.is_none_or(|s| s.in_recovery) {
-            return None;
-        }
-        let client = self.client.as_ref()?;
-        let applied = client
-            .query_one_string("SHOW synchronous_standby_names")
-            .await
-            .ok()??;
-        let lsn = client
-            .query_one_string("SELECT pg_current_wal_lsn()::text")
-            .await
-            .ok()??
-            .parse()
-            .ok()?;
-        let peers = client.replication_stats().await.ok()?;
-        let streaming = |p: &&pgwarden_pg::ReplicationPeer| p.state == "streaming";
-        let mut candidates: Vec<String> = peers
-            .iter()
-            .filter(|p| matches!(p.sync_state.as_str(), "sync" | "quorum" | "potential"))
-            .map(|p| p.application_name.clone())
-            .collect();
-        candidates.sort();
-        let mut streaming_names: Vec<String> = peers
-            .iter()
-            .filter(streaming)
-            .map(|p| p.application_name.clone())
-            .collect();
-        streaming_names.sort();
-        let flush = peers
-            .iter()
-            .filter_map(|p| p.flush_lsn.map(|f| (p.application_name.clone(), f)))
-            .collect();
-        Some(SyncObserved {
-            applied,
-            lsn,
-            candidates,
-            streaming: streaming_names,
-            flush,
-        })
     }
 
     /// Lets postgres itself check the spec's parameters before they are
@@ -808,17 +439,6 @@ impl Node {
             .context("the spec's pg_parameters (fix them with `pgwarden ctl spec set`; the current configuration stays)")?;
         self.checked_parameters = Some(spec.pg_parameters.clone());
         Ok(())
-    }
-
-    /// Marks the node initializing (initdb, base backup, rewind), also in
-    /// what the API shows, before an action that blocks the loop.
-    fn begin_long_action(&mut self) {
-        self.initializing = true;
-        self.local.send_modify(|state| {
-            if let Some(s) = state {
-                s.report.role = ObservedRole::Initializing;
-            }
-        });
     }
 
     /// Records the running postmaster for the fencer and the watchdog.
@@ -936,21 +556,6 @@ impl Node {
     }
 }
 
-/// What a primary shows of synchronous replication, for its report.
-#[derive(Debug, Clone)]
-struct SyncObserved {
-    /// synchronous_standby_names in effect.
-    applied: String,
-    /// Write position read after `applied`.
-    lsn: pgwarden_core::Lsn,
-    /// Standbys the WAL senders treat as synchronous candidates.
-    candidates: Vec<String>,
-    /// Standbys streaming.
-    streaming: Vec<String>,
-    /// Each standby's flush position.
-    flush: std::collections::BTreeMap<String, pgwarden_core::Lsn>,
-}
-
 /// One slot per member that streams from this node.
 fn wanted_slots(status: &Status, uid: &str) -> BTreeSet<String> {
     let primary = matches!(status.members.get(uid), Some(Assignment::Primary));
@@ -966,18 +571,4 @@ fn wanted_slots(status: &Status, uid: &str) -> BTreeSet<String> {
         })
         .map(|(u, _)| pgwarden_pg::slot_name(u))
         .collect()
-}
-
-/// Empties a data directory (keeping the directory, its owner and mode).
-fn clear_dir(dir: &PathBuf) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() && !path.is_symlink() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        }
-        .with_context(|| format!("remove {}", path.display()))?;
-    }
-    Ok(())
 }
