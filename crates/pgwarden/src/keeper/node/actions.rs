@@ -38,21 +38,9 @@ impl Node {
             }
             PgAction::BaseBackup { host, port } => {
                 tracing::info!("postgres: cloning from {host}:{port} with pg_basebackup");
-                self.begin_long_action();
-                let r = alive_during(
-                    &self.local,
-                    pgwarden_pg::basebackup(
-                        &self.bins,
-                        &dir,
-                        host,
-                        *port,
-                        &self.cfg.repl_username,
-                        &self.cfg.repl_password,
-                    ),
-                )
-                .await;
-                self.initializing = false;
-                r.context("pg_basebackup")?;
+                self.clone_from(host, *port)
+                    .await
+                    .context("pg_basebackup")?;
             }
             PgAction::Rewind { host, port } => self.rewind(spec, host, *port).await?,
             PgAction::WriteConfig => {
@@ -210,25 +198,31 @@ impl Node {
                 clear_dir(&self.cfg.data_dir)?;
                 self.last_position = None;
                 self.system_id = None;
-                self.begin_long_action();
-                let r = alive_during(
-                    &self.local,
-                    pgwarden_pg::basebackup(
-                        &self.bins,
-                        &self.cfg.data_dir,
-                        host,
-                        port,
-                        &self.cfg.repl_username,
-                        &self.cfg.repl_password,
-                    ),
-                )
-                .await;
-                self.initializing = false;
-                r.context("pg_basebackup after a failed rewind")?;
-                Ok(())
+                self.clone_from(host, port)
+                    .await
+                    .context("pg_basebackup after a failed rewind")
             }
             Err(e) => Err(e).context("pg_rewind (re-cloning is off in the spec)"),
         }
+    }
+
+    /// pg_basebackup from `host:port` into the (empty) data directory.
+    async fn clone_from(&mut self, host: &str, port: u16) -> Result<(), pgwarden_pg::PgError> {
+        self.begin_long_action();
+        let r = alive_during(
+            &self.local,
+            pgwarden_pg::basebackup(
+                &self.bins,
+                &self.cfg.data_dir,
+                host,
+                port,
+                &self.cfg.repl_username,
+                &self.cfg.repl_password,
+            ),
+        )
+        .await;
+        self.initializing = false;
+        r
     }
 
     /// Marks the node initializing (initdb, base backup, rewind), also in
