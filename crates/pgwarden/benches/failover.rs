@@ -15,8 +15,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 async fn one_run() -> Duration {
     let mut c = TestCluster::initialised().await;
@@ -30,12 +28,8 @@ async fn one_run() -> Duration {
         .unwrap();
     // Let the standbys catch up and the cluster settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid_text =
-        std::fs::read_to_string(c.keepers[&primary].data_dir.join("postmaster.pid")).unwrap();
-    let pm: i32 = pid_text.lines().next().unwrap().trim().parse().unwrap();
     let t0 = Instant::now();
-    kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
-    c.stop(&primary, Signal::SIGKILL);
+    c.kill_host(&primary);
     let others: Vec<u16> = c
         .keepers
         .iter()

@@ -25,8 +25,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use support::*;
 
 struct Run {
@@ -66,18 +64,8 @@ async fn one_run() -> Run {
     let writer = Writer::start(bench.primary_port(), bench.proxy_port).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old = bench.primary.clone();
-    let pid_file = bench.cluster.keepers[&old].data_dir.join("postmaster.pid");
-    let postmaster: i32 = std::fs::read_to_string(pid_file)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     let killed = Instant::now();
-    kill(Pid::from_raw(-postmaster), Signal::SIGKILL).unwrap();
-    bench.cluster.stop(&old, Signal::SIGKILL);
+    bench.cluster.kill_host(&old);
     // Long enough for the standbys' receivers to have noticed, far shorter
     // than any promotion: what they hold now is what a promotion can keep.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -548,18 +548,8 @@ async fn haproxy_with_the_documented_config_follows_a_failover() {
 async fn haproxy_with_the_documented_config_follows_a_host_loss() {
     let (mut c, h, primary) = cluster_behind_haproxy().await;
     // The host dies: keeper, postmaster and backends at once.
-    let pid_file = c.keepers[&primary].data_dir.join("postmaster.pid");
-    let pm: i32 = std::fs::read_to_string(pid_file)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     let t0 = Instant::now();
-    kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
-    c.stop(&primary, Signal::SIGKILL);
+    c.kill_host(&primary);
     let new_primary = wait_new_primary(&c, &primary).await;
     wait_routed(&c, &h, &new_primary).await;
     eprintln!(

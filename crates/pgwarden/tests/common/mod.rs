@@ -298,10 +298,11 @@ impl TestCluster {
         text.lines().next().unwrap().trim().parse().unwrap()
     }
 
-    /// The host dies: its postgres (whole process group) and its keeper at once.
+    /// The host dies: its postgres (every process, backends included: they
+    /// do not share the postmaster's process group) and its keeper at once.
     pub fn kill_host(&mut self, uid: &str) {
-        let pm = self.postmaster_pid(uid);
-        kill(Pid::from_raw(-pm), Signal::SIGKILL).unwrap();
+        let pm = u32::try_from(self.postmaster_pid(uid)).unwrap();
+        pgwarden_pg::fence::kill_instance(&self.keepers[uid].data_dir, pm);
         self.stop(uid, Signal::SIGKILL);
     }
 
