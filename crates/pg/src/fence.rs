@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// How many times the process table is scanned: a second pass catches a
-/// process that was being forked during the first.
+/// How many times the process table is scanned at most: a later pass
+/// catches a process that was being forked during the one before.
 const PASSES: usize = 3;
 
 /// SIGKILLs the postmaster `postmaster` (0: unknown or none) and every process
@@ -37,12 +37,14 @@ pub fn kill_instance(data_dir: &Path, postmaster: u32) -> Vec<u32> {
     }
     let me = std::process::id();
     let mut killed = BTreeSet::new();
-    for _ in 0..PASSES {
+    for pass in 0..PASSES {
         let found: Vec<u32> = instance_processes(&data_dir, postmaster)
             .into_iter()
             .filter(|&pid| pid != me && !killed.contains(&pid))
             .collect();
-        if found.is_empty() && !killed.is_empty() {
+        // Done once a pass finds nothing new after the postmaster was dealt
+        // with, or at once when nothing runs and no postmaster could fork.
+        if found.is_empty() && (pass > 0 || postmaster <= 0) {
             break;
         }
         for pid in found {
@@ -52,7 +54,7 @@ pub fn kill_instance(data_dir: &Path, postmaster: u32) -> Vec<u32> {
                 }
             }
         }
-        if postmaster > 0 {
+        if pass == 0 && postmaster > 0 {
             // Its process group too (helpers that did not setsid), then
             // itself; ESRCH when already gone.
             let _ = kill(Pid::from_raw(-postmaster), Signal::SIGKILL);
