@@ -193,13 +193,7 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
                         actions.push(PgAction::EnsureReplicationRole);
                     }
                     if let Some(slots) = &observed.slots {
-                        actions.extend(
-                            target
-                                .wanted_slots
-                                .difference(slots)
-                                .cloned()
-                                .map(PgAction::CreateSlot),
-                        );
+                        actions.extend(missing_slots(target, slots));
                         actions.extend(
                             slots
                                 .iter()
@@ -262,17 +256,23 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
                 // The slots its peers would need were it promoted, made ahead
                 // (unreserved: they keep no WAL) so that they stream the
                 // moment it is, not once it has made them after promotion.
-                actions.extend(
-                    target
-                        .wanted_slots
-                        .difference(slots)
-                        .cloned()
-                        .map(PgAction::CreateSlot),
-                );
+                actions.extend(missing_slots(target, slots));
             }
         }
     }
     Ok(actions)
+}
+
+/// A slot to create for each wanted one postgres does not hold.
+fn missing_slots<'a>(
+    target: &'a Target<'_>,
+    slots: &'a BTreeSet<String>,
+) -> impl Iterator<Item = PgAction> + 'a {
+    target
+        .wanted_slots
+        .difference(slots)
+        .cloned()
+        .map(PgAction::CreateSlot)
 }
 
 /// An operator's restart or re-clone. A restart is carried out on any
