@@ -19,22 +19,6 @@ use nix::unistd::Pid;
 const CONVERGE: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(60);
 
-async fn three_node_cluster(sentinels: &[&str]) -> (TestCluster, String, Vec<String>) {
-    let mut c = TestCluster::initialised().await;
-    for s in sentinels {
-        c.spawn_sentinel(s);
-    }
-    c.spawn_keepers(&["k1", "k2", "k3"]);
-    let status = c.wait_converged(2, CONVERGE).await;
-    let primary = status["primary"].as_str().unwrap().to_string();
-    let standbys = ["k1", "k2", "k3"]
-        .iter()
-        .filter(|u| **u != primary)
-        .map(|u| u.to_string())
-        .collect();
-    (c, primary, standbys)
-}
-
 /// Writes `n` rows on the primary and waits until every standby replayed them.
 async fn write_and_sync(c: &TestCluster, primary: &str, standbys: &[String], from: i32, n: i32) {
     let p = connect(c.port_of(primary)).await.unwrap();
@@ -174,7 +158,7 @@ async fn count_acked(port: u16) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_loss_promotes_a_caught_up_standby_and_the_old_primary_rejoins_with_pg_rewind() {
-    let (mut c, primary, standbys) = three_node_cluster(&["sentinel1"]).await;
+    let (mut c, primary, standbys) = TestCluster::three_nodes().await;
     write_and_sync(&c, &primary, &standbys, 1, 1000).await;
     let watch = SplitBrainWatch::start(&c);
     // The host dies: keeper and postmaster (and its backends) at once.
@@ -227,7 +211,7 @@ async fn host_loss_promotes_a_caught_up_standby_and_the_old_primary_rejoins_with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_only_the_primary_keeper_never_leaves_two_writable_nodes() {
-    let (mut c, primary, standbys) = three_node_cluster(&["sentinel1"]).await;
+    let (mut c, primary, standbys) = TestCluster::three_nodes().await;
     write_and_sync(&c, &primary, &standbys, 1, 100).await;
     let watch = SplitBrainWatch::start(&c);
     let pm = c.postmaster_pid(&primary);
@@ -252,7 +236,7 @@ async fn killing_only_the_primary_keeper_never_leaves_two_writable_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_only_postgres_on_the_primary_fails_over_to_a_caught_up_standby() {
-    let (c, primary, standbys) = three_node_cluster(&["sentinel1"]).await;
+    let (c, primary, standbys) = TestCluster::three_nodes().await;
     write_and_sync(&c, &primary, &standbys, 1, 100).await;
     let watch = SplitBrainWatch::start(&c);
     let pm = c.postmaster_pid(&primary);
@@ -273,7 +257,8 @@ async fn killing_only_postgres_on_the_primary_fails_over_to_a_caught_up_standby(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_completes_when_the_leader_sentinel_dies_in_the_middle() {
-    let (mut c, primary, standbys) = three_node_cluster(&["sentinel1", "sentinel2"]).await;
+    let (mut c, primary, standbys) =
+        TestCluster::three_nodes_with(&["sentinel1", "sentinel2"]).await;
     write_and_sync(&c, &primary, &standbys, 1, 100).await;
     let store =
         pgwarden_store::Store::new(&[c.etcd.endpoint()], &c.name, Default::default()).unwrap();
@@ -292,7 +277,7 @@ async fn a_failover_completes_when_the_leader_sentinel_dies_in_the_middle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_failovers_in_a_row() {
-    let (mut c, first, standbys) = three_node_cluster(&["sentinel1"]).await;
+    let (mut c, first, standbys) = TestCluster::three_nodes().await;
     write_and_sync(&c, &first, &standbys, 1, 100).await;
     c.kill_host(&first);
     let (second, _) = wait_new_primary(&c, &first, Instant::now()).await;
@@ -326,7 +311,7 @@ async fn two_failovers_in_a_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_keeper_is_fenced_before_a_standby_is_promoted() {
-    let (c, primary, standbys) = three_node_cluster(&["sentinel1"]).await;
+    let (c, primary, standbys) = TestCluster::three_nodes().await;
     write_and_sync(&c, &primary, &standbys, 1, 100).await;
     // A client that stays connected to the old primary, as an application
     // with a connection pool would.

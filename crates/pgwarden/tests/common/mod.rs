@@ -309,8 +309,15 @@ impl TestCluster {
     /// Initialised cluster, one sentinel, keepers k1..k3 converged; returns
     /// it with the primary and the standbys.
     pub async fn three_nodes() -> (TestCluster, String, Vec<String>) {
+        TestCluster::three_nodes_with(&["sentinel1"]).await
+    }
+
+    /// Like [`TestCluster::three_nodes`], with these sentinels.
+    pub async fn three_nodes_with(sentinels: &[&str]) -> (TestCluster, String, Vec<String>) {
         let mut c = TestCluster::initialised().await;
-        c.spawn_sentinel("sentinel1");
+        for s in sentinels {
+            c.spawn_sentinel(s);
+        }
         c.spawn_keepers(&["k1", "k2", "k3"]);
         let s = c.wait_converged(2, Duration::from_secs(90)).await;
         let primary = s["primary"].as_str().unwrap().to_string();
