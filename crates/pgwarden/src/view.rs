@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use pgwarden_core::{keys, KeeperReport, Spec, SpecError, Status};
+use pgwarden_core::{keys, KeeperReport, Lsn, ObservedRole, Spec, SpecError, Status};
 use pgwarden_store::{Store, StoreError};
 
 /// The cluster as the store shows it at one revision.
@@ -24,6 +24,18 @@ pub struct Snapshot {
     pub primary_holder: Option<String>,
     /// Live proxies and the generation each has applied.
     pub proxies: BTreeMap<String, u64>,
+}
+
+impl Snapshot {
+    /// The assigned primary's last published write position: the reference
+    /// for standbys' lag.
+    pub fn primary_lsn(&self) -> Option<Lsn> {
+        let primary = self.status.primary.as_deref()?;
+        self.keepers
+            .get(primary)
+            .filter(|r| r.role == ObservedRole::Primary)
+            .and_then(|r| r.current_lsn)
+    }
 }
 
 /// Why a snapshot could not be read.

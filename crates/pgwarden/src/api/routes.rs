@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
-use pgwarden_core::{Lsn, ObservedRole};
+use pgwarden_core::ObservedRole;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -19,7 +19,6 @@ use super::exposition::CONTENT_TYPE as PROMETHEUS;
 use super::health::{self, Check, Inputs, PrimaryPosition};
 use super::http::Body;
 use super::{load, metrics, ApiContext};
-use crate::view::Snapshot;
 
 const JSON: &str = "application/json";
 const SAFE_METHODS: &str = "GET, HEAD, OPTIONS";
@@ -69,7 +68,7 @@ async fn check_health(ctx: &ApiContext, check: Check, query: Option<&str>) -> Re
     let standby = local.is_some_and(|l| l.report.role == ObservedRole::Standby);
     let primary = if check.uses_lag() && standby {
         match ctx.snapshots.get().await {
-            Some(snap) => PrimaryPosition::Store(primary_lsn(&snap)),
+            Some(snap) => PrimaryPosition::Store(snap.primary_lsn()),
             None => PrimaryPosition::Unreachable,
         }
     } else {
@@ -111,7 +110,7 @@ async fn metrics_text(ctx: &ApiContext) -> Response<Body> {
         started_at: ctx.started_at,
         now: Instant::now(),
         primary: match &snap {
-            Some(s) => PrimaryPosition::Store(primary_lsn(s)),
+            Some(s) => PrimaryPosition::Store(s.primary_lsn()),
             None => PrimaryPosition::Unreachable,
         },
         max_lag: None,
@@ -122,15 +121,6 @@ async fn metrics_text(ctx: &ApiContext) -> Response<Body> {
     let decisions = ctx.decisions.counts();
     let text = metrics::render(&ctx.cluster, &ctx.uid, &inputs, &decisions, snap.as_deref());
     respond(StatusCode::OK, PROMETHEUS, text.into_bytes())
-}
-
-/// The assigned primary's last published write position.
-fn primary_lsn(snap: &Snapshot) -> Option<Lsn> {
-    let primary = snap.status.primary.as_deref()?;
-    snap.keepers
-        .get(primary)
-        .filter(|r| r.role == ObservedRole::Primary)
-        .and_then(|r| r.current_lsn)
 }
 
 /// No endpoint changes state yet: without valid credentials 401 (so that a

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use pgwarden_core::{Assignment, KeeperReport, Lsn, ObservedRole, Status};
+use pgwarden_core::{Assignment, KeeperReport, ObservedRole, Status};
 use serde::Serialize;
 
 use crate::view::Snapshot;
@@ -71,18 +71,9 @@ fn assigned_role(status: &Status, uid: &str) -> &'static str {
     }
 }
 
-/// The primary's current write position, the reference for lag.
-fn primary_lsn(snap: &Snapshot) -> Option<Lsn> {
-    let primary = snap.status.primary.as_deref()?;
-    snap.keepers
-        .get(primary)
-        .filter(|r| r.role == ObservedRole::Primary)
-        .and_then(|r| r.current_lsn)
-}
-
 /// Builds the JSON object of the CLI contract.
 pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
-    let reference = primary_lsn(snap);
+    let reference = snap.primary_lsn();
     let uids: BTreeSet<&String> = snap
         .status
         .members
@@ -247,6 +238,7 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgwarden_core::Lsn;
     use std::collections::BTreeMap;
 
     fn snapshot() -> Snapshot {
