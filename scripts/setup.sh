@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
 
-packages=(postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler haproxy iproute2 iptables procps)
+packages=(postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev haproxy iproute2 iptables procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
