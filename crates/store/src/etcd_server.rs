@@ -1,5 +1,7 @@
-//! Starts a single-member etcd process on loopback, for the demo and for
-//! end-to-end tests.
+//! Starts etcd on loopback, for the demo and for end-to-end tests: a single
+//! member ([`EtcdServer`], tuned to elect itself fast) or a real cluster of
+//! several members at etcd's default timing ([`EtcdCluster`]), which is what
+//! users run and what the tests about the store use.
 //!
 //! Tests share the machine with other etcd instances (one may well listen on
 //! 2379), so every port is chosen by the caller, typically with
@@ -88,8 +90,17 @@ pub enum EtcdServerError {
 pub struct EtcdServer {
     binary: PathBuf,
     dir: PathBuf,
+    /// The loopback address it listens on (127.0.0.1, or another 127/8
+    /// address so that a test can cut members apart with iptables).
+    host: String,
     client_port: u16,
     peer_port: u16,
+    /// The member name and `--initial-cluster`; for a single member, itself.
+    name: String,
+    initial_cluster: String,
+    /// Fast elections (50 ms heartbeat, 500 ms election timeout) for a lone
+    /// member; members of a cluster run at etcd's defaults.
+    tuned: bool,
     child: Option<Child>,
     /// Pid of the last process started, kept after it exits.
     pid: u32,
@@ -148,11 +159,18 @@ impl EtcdServer {
             path: dir.to_owned(),
             source,
         })?;
+        let host = "127.0.0.1".to_owned();
+        let name = "pgwarden".to_owned();
+        let initial_cluster = format!("{name}=http://{host}:{peer_port}");
         let mut server = EtcdServer {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
+            host,
             client_port,
             peer_port,
+            name,
+            initial_cluster,
+            tuned: true,
             child: None,
             pid: 0,
         };
@@ -160,9 +178,34 @@ impl EtcdServer {
         Ok(server)
     }
 
-    /// The client endpoint, `http://127.0.0.1:<client_port>`.
+    /// The client endpoint, `http://<host>:<client_port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
+    }
+
+    /// The peer URL, `http://<host>:<peer_port>`.
+    pub fn peer_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.peer_port)
+    }
+
+    /// The loopback address it listens on.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The peer port.
+    pub fn peer_port(&self) -> u16 {
+        self.peer_port
+    }
+
+    /// The member name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the process is running (started and not stopped or killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The pid of the process (the last one started, if stopped).
@@ -211,10 +254,20 @@ impl EtcdServer {
     }
 
     async fn launch(&mut self) -> Result<(), EtcdServerError> {
+        self.spawn()?;
+        if let Err(e) = self.wait_ready().await {
+            self.kill();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Starts the process without waiting for it to answer.
+    fn spawn(&mut self) -> Result<(), EtcdServerError> {
         // Fail clearly rather than let etcd exit with a bind error, or worse,
         // mistake another etcd on that port for ours.
         for port in [self.client_port, self.peer_port] {
-            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            if TcpListener::bind((self.host.as_str(), port)).is_err() {
                 return Err(EtcdServerError::PortInUse { port });
             }
         }
@@ -232,18 +285,24 @@ impl EtcdServer {
             source,
         })?;
         let client_url = self.endpoint();
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
-            .arg("--name=pgwarden")
+        let peer_url = self.peer_url();
+        let mut command = Command::new(&self.binary);
+        command
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.join(DATA_DIR).display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=pgwarden={peer_url}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-state=new");
+        if self.tuned {
             // Elect itself quickly: this is a single member on loopback.
-            .arg("--heartbeat-interval=50")
-            .arg("--election-timeout=500")
+            command
+                .arg("--heartbeat-interval=50")
+                .arg("--election-timeout=500");
+        }
+        let child = command
             .arg("--logger=zap")
             .arg("--log-outputs=stderr")
             .stdin(Stdio::null())
@@ -257,10 +316,6 @@ impl EtcdServer {
         self.pid = child.id();
         self.child = Some(child);
         debug!(pid = self.pid, endpoint = %client_url, "etcd started");
-        if let Err(e) = self.wait_ready().await {
-            self.kill();
-            return Err(e);
-        }
         Ok(())
     }
 
@@ -269,7 +324,7 @@ impl EtcdServer {
     /// not another etcd that took the port meanwhile).
     async fn wait_ready(&mut self) -> Result<(), EtcdServerError> {
         let endpoint = self.endpoint();
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer_url = self.peer_url();
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(200))
@@ -316,6 +371,173 @@ impl EtcdServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A cluster of etcd members on loopback at etcd's default timing (100 ms
+/// heartbeat, 1000 ms election timeout): what users run.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members on 127.0.0.1 under `dir` (one subdirectory
+    /// each) on free ports, and waits until every member serves a
+    /// linearizable read. Retries with other ports when another process took
+    /// one meanwhile.
+    pub async fn start(dir: &Path, size: usize) -> Result<EtcdCluster, EtcdServerError> {
+        let hosts = vec!["127.0.0.1".to_owned(); size];
+        Self::start_on(dir, &hosts).await
+    }
+
+    /// Like [`EtcdCluster::start`], member i listening on `hosts[i]` (each a
+    /// loopback address, so that tests can cut members apart).
+    pub async fn start_on(dir: &Path, hosts: &[String]) -> Result<EtcdCluster, EtcdServerError> {
+        let binary = find_on_path("etcd").ok_or(EtcdServerError::NotInstalled)?;
+        let mut attempt = 1;
+        loop {
+            match Self::try_start(&binary, dir, hosts).await {
+                Err(e @ (EtcdServerError::PortInUse { .. } | EtcdServerError::Exited { .. }))
+                    if attempt < 5 =>
+                {
+                    debug!(error = %e, attempt, "etcd cluster did not start; trying other ports");
+                    let _ = std::fs::remove_dir_all(dir);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_start(
+        binary: &Path,
+        dir: &Path,
+        hosts: &[String],
+    ) -> Result<EtcdCluster, EtcdServerError> {
+        let mut taken = Vec::new();
+        let mut port = |host: &str| loop {
+            let port = TcpListener::bind((host, 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_else(|_| free_port());
+            if !taken.contains(&port) {
+                taken.push(port);
+                break port;
+            }
+        };
+        let ports: Vec<(u16, u16)> = hosts.iter().map(|h| (port(h), port(h))).collect();
+        let initial_cluster = hosts
+            .iter()
+            .zip(&ports)
+            .enumerate()
+            .map(|(i, (host, (_, peer)))| format!("m{i}=http://{host}:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (host, (client_port, peer_port))) in hosts.iter().zip(&ports).enumerate() {
+            let member_dir = dir.join(format!("m{i}"));
+            std::fs::create_dir_all(&member_dir).map_err(|source| EtcdServerError::Io {
+                path: member_dir.clone(),
+                source,
+            })?;
+            members.push(EtcdServer {
+                binary: binary.to_owned(),
+                dir: member_dir,
+                host: host.clone(),
+                client_port: *client_port,
+                peer_port: *peer_port,
+                name: format!("m{i}"),
+                initial_cluster: initial_cluster.clone(),
+                tuned: false,
+                child: None,
+                pid: 0,
+            });
+        }
+        // All processes first: none can serve before a quorum runs.
+        for member in &mut members {
+            member.spawn()?;
+        }
+        for member in &mut members {
+            member.wait_ready().await?;
+        }
+        Ok(EtcdCluster { members })
+    }
+
+    /// The client endpoints, comma-joined, as the roles take them.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(EtcdServer::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The members, in order.
+    pub fn members(&self) -> &[EtcdServer] {
+        &self.members
+    }
+
+    /// Member `i`.
+    ///
+    /// # Panics
+    /// If there is no member `i`.
+    pub fn member_mut(&mut self, i: usize) -> &mut EtcdServer {
+        &mut self.members[i]
+    }
+
+    /// The index of the member that is raft leader now, as the running
+    /// members see it (asked within a second each); `None` when none has a
+    /// leader.
+    pub async fn leader(&self) -> Option<usize> {
+        for member in self.members.iter().filter(|m| m.is_running()) {
+            let endpoint = member.endpoint();
+            let ask = async {
+                let options = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_millis(200))
+                    .with_timeout(Duration::from_millis(500));
+                let mut client =
+                    etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?;
+                let status = client.status().await?;
+                let members = client.member_list().await?;
+                Ok::<_, etcd_client::Error>((status.leader(), members))
+            };
+            let Ok(Ok((leader, list))) = tokio::time::timeout(Duration::from_secs(1), ask).await
+            else {
+                continue;
+            };
+            if leader == 0 {
+                continue;
+            }
+            let Some(leader) = list.members().iter().find(|m| m.id() == leader) else {
+                continue;
+            };
+            return self
+                .members
+                .iter()
+                .position(|m| leader.peer_urls().contains(&m.peer_url()));
+        }
+        None
+    }
+
+    /// Waits (up to `timeout`) until the running members have a leader.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Some(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts member `i` again on its data (after a kill or stop) and waits
+    /// until it answers.
+    pub async fn restart(&mut self, i: usize) -> Result<(), EtcdServerError> {
+        self.members[i].restart().await
     }
 }
 

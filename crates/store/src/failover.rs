@@ -5,7 +5,13 @@
 //! must keep working with a member down, so instead each endpoint gets its own
 //! lazily connected client, and every operation starts at the endpoint that
 //! last worked and moves on to the next one on a transport failure or timeout,
-//! trying each endpoint at most once per operation.
+//! trying each endpoint at most once per operation. Lease keep-alives, which
+//! must not wait for a timeout on a dead member, go to every endpoint at once
+//! ([`Pool::hedge`]). Members are asked with etcd's require-leader metadata,
+//! so one without a leader (cut off from its quorum, or during an election)
+//! refuses at once and the next one is tried. The endpoint list follows etcd's
+//! member list ([`Pool::refresh_members`]), so members added or removed are
+//! used without a restart.
 //!
 //! Retrying after a timeout means a write may be applied twice (the first
 //! attempt may have reached etcd before its answer was lost). That is safe
@@ -16,11 +22,13 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::OnceCell;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{is_transport, StoreError};
 use crate::StoreOptions;
@@ -41,7 +49,12 @@ const TIMEOUT_BACKSTOP_MARGIN: Duration = Duration::from_millis(250);
 
 /// The per-endpoint clients and the index of the endpoint that last worked.
 pub(crate) struct Pool {
-    slots: Vec<Slot>,
+    /// The endpoints in use: the ones given, then the client URLs of members
+    /// discovered in etcd's member list. Replaced whole when the membership
+    /// changes, so an operation works on a consistent snapshot.
+    slots: RwLock<Arc<Vec<Arc<Slot>>>>,
+    /// How many of `slots` were given by the user; those are always kept.
+    given: usize,
     preferred: AtomicUsize,
     options: StoreOptions,
     /// The endpoints as given, comma-joined, for error messages.
@@ -51,13 +64,40 @@ pub(crate) struct Pool {
 struct Slot {
     /// Normalised to `http://host:port`.
     url: String,
+    /// Sends etcd's require-leader metadata: a member without a leader (one
+    /// cut off from its quorum, or during an election) refuses at once
+    /// instead of hanging, and cancels its watches, so we move on.
     client: OnceCell<Client>,
+    /// Without require-leader, for asking a member about its raft state,
+    /// which it answers even when it has no leader.
+    probe: OnceCell<Client>,
+}
+
+impl Slot {
+    fn new(url: String) -> Arc<Slot> {
+        Arc::new(Slot {
+            url,
+            client: OnceCell::new(),
+            probe: OnceCell::new(),
+        })
+    }
 }
 
 /// Why the last endpoint tried failed.
 enum Failure {
     Transport(etcd_client::Error),
     Timeout,
+}
+
+/// One member's answer to a status probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemberState {
+    /// The answering member's id.
+    pub(crate) member: u64,
+    /// The leader it follows; 0 = none.
+    pub(crate) leader: u64,
+    /// Its current raft term.
+    pub(crate) term: u64,
 }
 
 impl Pool {
@@ -68,17 +108,16 @@ impl Pool {
                 value: String::new(),
             });
         }
-        let slots = endpoints
-            .iter()
-            .map(|e| {
-                Ok(Slot {
-                    url: normalize_endpoint(e)?,
-                    client: OnceCell::new(),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut slots: Vec<Arc<Slot>> = Vec::new();
+        for e in endpoints {
+            let url = normalize_endpoint(e)?;
+            if !slots.iter().any(|s| s.url == url) {
+                slots.push(Slot::new(url));
+            }
+        }
         Ok(Pool {
-            slots,
+            given: slots.len(),
+            slots: RwLock::new(Arc::new(slots)),
             preferred: AtomicUsize::new(0),
             options,
             joined: endpoints.join(","),
@@ -87,6 +126,20 @@ impl Pool {
 
     pub(crate) fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// The endpoints in use now.
+    fn snapshot(&self) -> Arc<Vec<Arc<Slot>>> {
+        match self.slots.read() {
+            Ok(slots) => slots.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The URLs of the endpoints in use now: the ones given, then members
+    /// discovered since.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.snapshot().iter().map(|s| s.url.clone()).collect()
     }
 
     /// Runs `attempt` against one endpoint after another, starting at the one
@@ -103,12 +156,13 @@ impl Pool {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let n = self.slots.len();
+        let slots = self.snapshot();
+        let n = slots.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
         let mut last = Failure::Timeout;
         for step in 0..n {
             let idx = (start + step) % n;
-            let slot = &self.slots[idx];
+            let slot = &slots[idx];
             let result = match self.client(slot).await {
                 Ok(client) => {
                     tokio::time::timeout(self.options.request_timeout, attempt(client)).await
@@ -136,7 +190,60 @@ impl Pool {
                 }
             }
         }
-        Err(match last {
+        Err(self.unreachable(last))
+    }
+
+    /// Runs `attempt` against every endpoint at once and returns the first
+    /// success, so that a dead, partitioned or leaderless member costs
+    /// nothing as long as another one answers. Only for requests that are
+    /// safe to apply more than once (lease keep-alives). An answer from etcd
+    /// that is an error is returned at once, as in [`Pool::run`].
+    pub(crate) async fn hedge<T, F, Fut>(
+        &self,
+        op: &'static str,
+        attempt: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let slots = self.snapshot();
+        let attempt = &attempt;
+        let mut pending: FuturesUnordered<_> = slots
+            .iter()
+            .enumerate()
+            .map(|(idx, slot)| async move {
+                let result = match self.client(slot).await {
+                    Ok(client) => {
+                        tokio::time::timeout(self.options.request_timeout, attempt(client)).await
+                    }
+                    Err(e) => Ok(Err(e)),
+                };
+                (idx, result)
+            })
+            .collect();
+        let mut last = Failure::Timeout;
+        while let Some((idx, result)) = pending.next().await {
+            match result {
+                Ok(Ok(value)) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) if is_transport(&e) => {
+                    debug!(endpoint = %slots[idx].url, op, error = %e, "etcd endpoint failed");
+                    last = Failure::Transport(e);
+                }
+                Ok(Err(e)) => return Err(StoreError::Etcd { op, source: e }),
+                Err(_elapsed) => {
+                    debug!(endpoint = %slots[idx].url, op, "etcd endpoint did not answer in time");
+                }
+            }
+        }
+        Err(self.unreachable(last))
+    }
+
+    fn unreachable(&self, last: Failure) -> StoreError {
+        match last {
             Failure::Transport(source) => StoreError::Unreachable {
                 endpoints: self.joined.clone(),
                 source,
@@ -145,7 +252,88 @@ impl Pool {
                 endpoints: self.joined.clone(),
                 timeout: self.options.request_timeout,
             },
-        })
+        }
+    }
+
+    /// Asks every endpoint, at once and within `timeout`, for its member's
+    /// raft state and for the number of voting members it knows. Members
+    /// that do not answer are left out; answers are deduplicated by member.
+    pub(crate) async fn member_states(&self, timeout: Duration) -> (Vec<MemberState>, usize) {
+        let slots = self.snapshot();
+        let probes: FuturesUnordered<_> = slots
+            .iter()
+            .map(|slot| async move {
+                let probe = async {
+                    let mut client = self.probe(slot).await?;
+                    let mut members = client.clone();
+                    let (status, list) = tokio::join!(client.status(), members.member_list());
+                    let status = status?;
+                    let voters =
+                        list.map(|l| l.members().iter().filter(|m| !m.is_learner()).count());
+                    Ok::<_, etcd_client::Error>((status, voters.unwrap_or(0)))
+                };
+                tokio::time::timeout(timeout, probe).await
+            })
+            .collect();
+        let answers: Vec<_> = probes.collect().await;
+        let mut states: Vec<MemberState> = Vec::new();
+        let mut voters = 0;
+        for answer in answers.into_iter().flatten().flatten() {
+            let (status, count) = answer;
+            voters = voters.max(count);
+            let Some(header) = status.header() else {
+                continue;
+            };
+            if status.is_learner() || states.iter().any(|s| s.member == header.member_id()) {
+                continue;
+            }
+            states.push(MemberState {
+                member: header.member_id(),
+                leader: status.leader(),
+                term: status.raft_term(),
+            });
+        }
+        (states, voters)
+    }
+
+    /// Re-reads etcd's member list and uses every member's client URL from
+    /// now on, besides the endpoints given: members added to the cluster are
+    /// used, members removed from it are dropped (the given ones stay).
+    pub(crate) async fn refresh_members(&self) -> Result<(), StoreError> {
+        let list = self
+            .run("member list", |mut c| async move { c.member_list().await })
+            .await?;
+        let current = self.snapshot();
+        let mut next: Vec<Arc<Slot>> = current[..self.given].to_vec();
+        for member in list.members() {
+            for url in member.client_urls() {
+                // Only what this client can speak; a member advertising
+                // something else is reached through the given endpoints.
+                let Ok(url) = normalize_endpoint(url) else {
+                    continue;
+                };
+                if next.iter().any(|s| s.url == url) {
+                    continue;
+                }
+                let slot = current
+                    .iter()
+                    .find(|s| s.url == url)
+                    .cloned()
+                    .unwrap_or_else(|| Slot::new(url));
+                next.push(slot);
+            }
+        }
+        let changed = next.len() != current.len()
+            || next.iter().zip(current.iter()).any(|(a, b)| a.url != b.url);
+        if changed {
+            let urls: Vec<&str> = next.iter().map(|s| s.url.as_str()).collect();
+            info!(endpoints = ?urls, "etcd membership changed: using these endpoints");
+            match self.slots.write() {
+                Ok(mut slots) => *slots = Arc::new(next),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
+            }
+        }
+        Ok(())
     }
 
     /// The slot's client, created on first use. Creating one does not touch
@@ -154,22 +342,31 @@ impl Pool {
     async fn client(&self, slot: &Slot) -> Result<Client, etcd_client::Error> {
         let client = slot
             .client
-            .get_or_try_init(|| async {
-                let options = ConnectOptions::new()
-                    .with_connect_timeout(self.options.connect_timeout)
-                    // A backstop only: `run` times each attempt itself, so
-                    // that an attempt which timed out is reported as such.
-                    .with_timeout(self.options.request_timeout + TIMEOUT_BACKSTOP_MARGIN)
-                    .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
-                    .with_keep_alive_while_idle(false)
-                    .with_tcp_keepalive(TCP_KEEP_ALIVE)
-                    // A member cut off from its quorum refuses at once instead
-                    // of hanging, and cancels its watches, so we move on.
-                    .with_require_leader(true);
-                Client::connect([slot.url.as_str()], Some(options)).await
-            })
+            .get_or_try_init(|| self.connect(&slot.url, true))
             .await?;
         Ok(client.clone())
+    }
+
+    /// The slot's probe client (no require-leader), created on first use.
+    async fn probe(&self, slot: &Slot) -> Result<Client, etcd_client::Error> {
+        let client = slot
+            .probe
+            .get_or_try_init(|| self.connect(&slot.url, false))
+            .await?;
+        Ok(client.clone())
+    }
+
+    async fn connect(&self, url: &str, require_leader: bool) -> Result<Client, etcd_client::Error> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(self.options.connect_timeout)
+            // A backstop only: `run` times each attempt itself, so
+            // that an attempt which timed out is reported as such.
+            .with_timeout(self.options.request_timeout + TIMEOUT_BACKSTOP_MARGIN)
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false)
+            .with_tcp_keepalive(TCP_KEEP_ALIVE)
+            .with_require_leader(require_leader);
+        Client::connect([url], Some(options)).await
     }
 }
 

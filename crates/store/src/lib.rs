@@ -23,6 +23,7 @@ mod error;
 pub mod etcd_server;
 mod failover;
 mod lease;
+mod quorum;
 mod renewals;
 mod store;
 mod watch;
@@ -39,6 +40,9 @@ pub type LeaseId = i64;
 
 /// Default per-request timeout (per endpoint attempt).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often every store re-reads etcd's member list, to use members added
+/// to the cluster and drop removed ones without a restart.
+pub const MEMBER_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Default TCP connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -6,7 +6,7 @@
 //! clusters sharing an etcd cannot see each other's keys.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use etcd_client::{
@@ -15,11 +15,11 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::error::{is_lease_not_found, StoreError};
 use crate::failover::Pool;
-use crate::{CasOutcome, Guard, LeaseId, StoreOptions, Versioned};
+use crate::{CasOutcome, Guard, LeaseId, StoreOptions, Versioned, MEMBER_REFRESH_INTERVAL};
 
 /// A handle on one cluster's keys in etcd. Cheap to clone; clones share
 /// connections.
@@ -58,14 +58,18 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Store, StoreError> {
         let pool = Pool::new(endpoints, options)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                endpoints: endpoints.to_vec(),
-                cluster: cluster.to_owned(),
-                prefix: format!("/pgwarden/{cluster}/"),
-                pool,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            endpoints: endpoints.to_vec(),
+            cluster: cluster.to_owned(),
+            prefix: format!("/pgwarden/{cluster}/"),
+            pool,
+        });
+        // Follow etcd's membership while this store is in use; a store made
+        // outside a runtime (none of ours) keeps the endpoints given.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(follow_members(Arc::downgrade(&inner)));
+        }
+        Ok(Store { inner })
     }
 
     /// The endpoints as given to [`Store::new`].
@@ -290,11 +294,12 @@ impl Store {
         Ok(self.grant_with_ttl(ttl).await?.0)
     }
 
-    /// Grants a lease; returns its id and the TTL the server granted.
+    /// Grants a lease; returns its id, the TTL the server granted and the raft
+    /// term it was granted in.
     pub(crate) async fn grant_with_ttl(
         &self,
         ttl: Duration,
-    ) -> Result<(LeaseId, Duration), StoreError> {
+    ) -> Result<(LeaseId, Duration, u64), StoreError> {
         let secs = ttl_seconds(ttl);
         let resp = self
             .pool()
@@ -308,7 +313,8 @@ impl Store {
                 source: etcd_client::Error::Internal(resp.error().to_owned()),
             });
         }
-        Ok((resp.id(), seconds(resp.ttl())))
+        let term = resp.header().map_or(0, |h| h.raft_term());
+        Ok((resp.id(), seconds(resp.ttl()), term))
     }
 
     /// Revokes `lease`, deleting the keys attached to it. A lease that no
@@ -330,19 +336,32 @@ impl Store {
     /// Renews `lease` once: `Some(ttl granted)`, or `None` when the lease no
     /// longer exists on the server.
     pub async fn keep_alive_once(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        Ok(self.keep_alive_hedged(lease).await?.map(|(ttl, _term)| ttl))
+    }
+
+    /// Renews `lease` through every endpoint at once (the first answer
+    /// counts; a keep-alive is safe to apply twice): `Some((ttl granted, raft
+    /// term of the answer))`, or `None` when the lease no longer exists.
+    pub(crate) async fn keep_alive_hedged(
+        &self,
+        lease: LeaseId,
+    ) -> Result<Option<(Duration, u64)>, StoreError> {
         let result = self
             .pool()
-            .run("lease keep-alive", |mut c| async move {
+            .hedge("lease keep-alive", |mut c| async move {
                 // etcd-client's helper sends one keep-alive and checks the
                 // answer but keeps its TTL to itself; ask once more on the
                 // same stream to learn the TTL granted.
                 let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
                 keeper.keep_alive().await?;
-                Ok(stream.message().await?.map(|resp| resp.ttl()))
+                Ok(stream.message().await?.map(|resp| {
+                    let term = resp.header().map_or(0, |h| h.raft_term());
+                    (resp.ttl(), term)
+                }))
             })
             .await;
         match result {
-            Ok(Some(ttl)) if ttl > 0 => Ok(Some(seconds(ttl))),
+            Ok(Some((ttl, term))) if ttl > 0 => Ok(Some((seconds(ttl), term))),
             Ok(Some(_)) => Ok(None),
             Ok(None) => Err(StoreError::MalformedResponse {
                 op: "lease keep-alive",
@@ -351,6 +370,26 @@ impl Store {
             Err(StoreError::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The raft term in which a quorum of etcd's voting members has no
+    /// leader, as they answered within `timeout`; `None` when no quorum
+    /// answered that way. See [`crate::quorum`] for what that proves.
+    pub(crate) async fn leaderless_quorum(&self, timeout: Duration) -> Option<u64> {
+        let (states, voters) = self.pool().member_states(timeout).await;
+        crate::quorum::leaderless_term(&states, voters)
+    }
+
+    /// The endpoints in use now: the ones given, then the client URLs of
+    /// members discovered in etcd's member list since.
+    pub fn endpoints_in_use(&self) -> Vec<String> {
+        self.pool().urls()
+    }
+
+    /// Re-reads etcd's member list now (it is also re-read every
+    /// [`MEMBER_REFRESH_INTERVAL`] in the background).
+    pub async fn refresh_members(&self) -> Result<(), StoreError> {
+        self.pool().refresh_members().await
     }
 
     /// Notifies, with the store revision seen, whenever anything under the
@@ -366,6 +405,18 @@ impl Store {
     /// after `cancel`.
     pub fn watch_prefix(&self, key_prefix: &str, cancel: CancellationToken) -> mpsc::Receiver<i64> {
         crate::watch::spawn(self.clone(), self.full_key(key_prefix), cancel)
+    }
+}
+
+/// Re-reads etcd's member list every [`MEMBER_REFRESH_INTERVAL`] until the
+/// store is dropped.
+async fn follow_members(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(MEMBER_REFRESH_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.pool.refresh_members().await {
+            debug!(error = %e, "cannot read etcd's member list; keeping the endpoints in use");
+        }
     }
 }
 
