@@ -15,6 +15,7 @@ pub mod route;
 pub mod spec;
 pub mod status;
 pub mod timeline;
+pub mod timing;
 
 pub use decide::{decide, ClusterView, Decision, Reason};
 pub use duration::HumanDuration;

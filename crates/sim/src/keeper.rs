@@ -268,7 +268,11 @@ impl Keeper {
             render_sync_names(&status.sync_names, spec.min_sync_standbys, spec.sync_mode);
         let holds_primary_lease = wants_primary && {
             let lease = p.primary_lease.get_or_insert_with(|| {
-                PrimaryLease::start(spec.primary_lease_ttl.as_millis(), ctx.now)
+                PrimaryLease::start(
+                    spec.primary_lease_ttl.as_millis(),
+                    ctx.now,
+                    ctx.old_fencing_window,
+                )
             });
             lease.try_hold(&uid, local, ctx)
         };

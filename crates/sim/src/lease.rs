@@ -12,6 +12,8 @@
 //! may run fast or slow. The store counts the TTL from when the request
 //! *arrived*, which is never earlier than when it was sent.
 
+use std::time::Duration;
+
 use crate::ctx::Ctx;
 use crate::store::LeaseId;
 
@@ -22,7 +24,7 @@ const RETRY_MS: u64 = 500;
 #[derive(Debug, Clone)]
 pub struct LeaseTask {
     ttl_ms: u64,
-    interval_ms: u64,
+    pub(crate) interval_ms: u64,
     /// The lease, once granted; `None` again after the store reported it gone.
     pub id: Option<LeaseId>,
     /// Local time until which the lease is known valid.
@@ -37,7 +39,10 @@ impl LeaseTask {
     pub fn spawn(ttl_ms: u64, now: u64) -> LeaseTask {
         LeaseTask {
             ttl_ms,
-            interval_ms: (ttl_ms / 4).max(10),
+            interval_ms: ms(pgwarden_core::timing::renewal_interval(
+                Duration::from_millis(ttl_ms),
+            ))
+            .max(10),
             id: None,
             valid_until: None,
             version: 0,
@@ -117,4 +122,9 @@ impl LeaseTask {
         self.valid_until = None;
         self.version += 1;
     }
+}
+
+/// Whole milliseconds of `d`, the simulation's unit of time.
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -13,7 +13,8 @@
 //! instant the real timer could fire.
 //!
 //! `try_hold` mirrors the real one: it takes the `primary` key only under a
-//! lease that is valid up to the fencing deadline (`valid_until - ttl/3`):
+//! lease that is valid up to the fencing deadline (`valid_until` less
+//! `timing::fencing_margin`):
 //! past it the fencer kills postgres, so a postgres started then would be
 //! writable with nothing left to fence it.
 //!
@@ -21,10 +22,12 @@
 //! (lease held until `valid_until`, fencer disarmed after firing until the
 //! next renewal), only to show that the checkers catch what it did.
 
+use std::time::Duration;
+
 use pgwarden_core::keys;
 
 use crate::ctx::Ctx;
-use crate::lease::LeaseTask;
+use crate::lease::{ms, LeaseTask};
 use crate::store::{Cas, Value};
 
 /// The fencer's memory between firings.
@@ -57,16 +60,28 @@ pub struct PrimaryLease {
 
 impl PrimaryLease {
     /// Starts the renewal task and the fencer; the key is not written yet.
-    pub fn start(ttl_ms: u64, now: u64) -> PrimaryLease {
+    /// `old`: the keeper before the fencing-window fix, which also renewed
+    /// only every quarter of the TTL.
+    pub fn start(ttl_ms: u64, now: u64, old: bool) -> PrimaryLease {
+        let mut task = LeaseTask::spawn(ttl_ms, now);
+        if old {
+            task.interval_ms = ttl_ms / 4;
+        }
         PrimaryLease {
-            task: LeaseTask::spawn(ttl_ms, now),
+            task,
             fencer: Fencer::default(),
         }
     }
 
-    /// How long before `valid_until` the fencer fires.
-    fn margin(&self) -> u64 {
-        self.task.ttl_ms() / 3
+    /// How long before `valid_until` the fencer fires; `old`: the keeper of
+    /// that time, which fenced a third of the TTL before.
+    fn margin(&self, old: bool) -> u64 {
+        if old {
+            return self.task.ttl_ms() / 3;
+        }
+        ms(pgwarden_core::timing::fencing_margin(
+            Duration::from_millis(self.task.ttl_ms()),
+        ))
     }
 
     /// Whether the fencer kills postgres now (local time `local`), and why.
@@ -83,7 +98,7 @@ impl PrimaryLease {
         let deadline = match self.task.valid_until {
             Some(until) => {
                 self.fencer.ever_valid = true;
-                Some(until.saturating_sub(self.margin()))
+                Some(until.saturating_sub(self.margin(old)))
             }
             None if self.fencer.ever_valid => Some(local),
             None => None,
@@ -109,7 +124,7 @@ impl PrimaryLease {
         let margin = if ctx.old_fencing_window {
             0
         } else {
-            self.margin()
+            self.margin(false)
         };
         let Some(id) = self.task.valid_at(local + margin) else {
             return false;

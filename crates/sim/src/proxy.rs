@@ -9,13 +9,15 @@
 //! truthful. A frozen proxy passes no traffic; when it thaws, its overdue
 //! deadline timer runs before anything else (the world runs timers first).
 
+use std::time::Duration;
+
 use pgwarden_core::route::{route, Routes};
 use pgwarden_core::{keys, Status};
 
 use crate::ctx::Ctx;
 use crate::events::{Applier, Event};
 use crate::keeper::drifted;
-use crate::lease::LeaseTask;
+use crate::lease::{ms, LeaseTask};
 use crate::store::{LeaseId, Value};
 use crate::view::Snapshot;
 
@@ -135,7 +137,9 @@ impl Proxy {
 
     fn deadline(&self) -> Option<u64> {
         let lease_until = self.lease.as_ref()?.valid_until?;
-        let lease_until = lease_until.checked_sub(self.proxy_ttl_ms / 6)?;
+        let margin =
+            pgwarden_core::timing::fencing_margin(Duration::from_millis(self.proxy_ttl_ms));
+        let lease_until = lease_until.checked_sub(ms(margin))?;
         Some(self.read_until?.min(lease_until))
     }
 

@@ -46,21 +46,21 @@ fn strict_mode_promotes_only_on_positions_read_after_the_primary_stopped() {
         trace: true,
         ..SimConfig::scripted(3)
     };
-    let mut w = World::new(8, cfg);
+    // The story needs a moment the seed decides: n2 and n3 both
+    // synchronous and n3's report ahead of n2's. The first seed that gets
+    // there is replayed (seed 8 did until the lease timing changed).
     let both = |w: &World| {
         w.writable() == ["n1"]
             && w.status()
                 .is_some_and(|s| s.sync_standbys == ["n2".to_string(), "n3".to_string()])
     };
-    assert!(
-        ok(w.run_until(300, both)),
-        "n2 and n3 never both synchronous"
-    );
     let n3_ahead = |w: &World| position(w, "n3") > position(w, "n2");
-    assert!(
-        ok(w.run_until(50, n3_ahead)),
-        "n3 never reported ahead of n2"
-    );
+    let mut w = (1..=64)
+        .map(|seed| World::new(seed, cfg.clone()))
+        .find_map(|mut w| {
+            (ok(w.run_until(300, both)) && ok(w.run_until(50, n3_ahead))).then_some(w)
+        })
+        .expect("no seed of 64 made n2 and n3 both synchronous with n3 reported ahead");
     w.freeze_sentinel("s1", true);
     w.freeze_sentinel("s2", true);
     w.cut("n2", Cut::Store);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwarden_core::keys;
+use pgwarden_core::{keys, timing};
 use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store, StoreOptions};
 
 use super::watchdog::Watchdog;
@@ -58,19 +58,26 @@ impl PrimaryLease {
         postmaster: PostmasterPid,
         renewals: Renewals,
     ) -> anyhow::Result<Self> {
-        // A renewal must fail over to another endpoint well within the
-        // margin, so this lease gets its own client with short timeouts.
+        // A renewal must not wait on a hung member for long, so this lease
+        // gets its own client with short timeouts.
         let options = StoreOptions {
-            request_timeout: ttl / 6,
-            connect_timeout: ttl / 6,
+            request_timeout: timing::renewal_request_timeout(ttl),
+            connect_timeout: timing::renewal_request_timeout(ttl),
         };
         let store = Store::new(store.endpoints(), store.cluster(), options)?;
-        let lease =
-            LeaseKeeper::spawn_counted(store.clone(), ttl, CancellationToken::new(), renewals);
+        let lease = LeaseKeeper::spawn_counted_with_interval(
+            store.clone(),
+            ttl,
+            timing::renewal_interval(ttl),
+            CancellationToken::new(),
+            renewals,
+        );
         let fencer = CancellationToken::new();
+        let margin = timing::fencing_margin(ttl);
         tokio::spawn(fence(
             lease.state(),
-            ttl / 3,
+            margin,
+            timing::watchdog_margin(ttl),
             postmaster,
             watchdog.clone(),
             fencer.clone(),
@@ -80,7 +87,7 @@ impl PrimaryLease {
             uid: uid.to_string(),
             lease,
             fencer,
-            margin: ttl / 3,
+            margin,
             watchdog,
         })
     }
@@ -155,6 +162,7 @@ impl PrimaryLease {
 async fn fence(
     mut state: watch::Receiver<LeaseState>,
     margin: Duration,
+    watchdog_margin: Duration,
     postmaster: PostmasterPid,
     watchdog: Watchdog,
     stop: CancellationToken,
@@ -167,12 +175,8 @@ async fn fence(
                 ever_valid = true;
                 let deadline = until.checked_sub(margin).unwrap_or(until);
                 // The watchdog acts even if this process is frozen. It is the
-                // backstop, so it gets half the margin more: a renewal that
-                // lands right at this fencer's deadline would otherwise race
-                // the news of it down the pipe, and the watchdog would kill a
-                // primary whose lease was just renewed. Half the margin is
-                // still left before etcd can expire the lease.
-                let backstop = until.checked_sub(margin / 2).unwrap_or(until);
+                // backstop, so it fires later (see timing::watchdog_margin).
+                let backstop = until.checked_sub(watchdog_margin).unwrap_or(until);
                 watchdog.arm(backstop.saturating_duration_since(Instant::now()));
                 Some(deadline)
             }

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pgwarden_core::route::{route, Routes};
+use pgwarden_core::timing;
 use pgwarden_core::{keys, Status};
 use pgwarden_store::{LeaseId, LeaseKeeper, LeaseState, Store, StoreOptions};
 use tokio::sync::watch;
@@ -103,11 +104,16 @@ impl Control {
             self.store.endpoints(),
             self.store.cluster(),
             StoreOptions {
-                request_timeout: self.proxy_ttl / 6,
-                connect_timeout: self.proxy_ttl / 6,
+                request_timeout: timing::renewal_request_timeout(self.proxy_ttl),
+                connect_timeout: timing::renewal_request_timeout(self.proxy_ttl),
             },
         )?;
-        let lease = LeaseKeeper::spawn(lease_store, self.proxy_ttl, cancel.child_token());
+        let lease = LeaseKeeper::spawn_with_interval(
+            lease_store,
+            self.proxy_ttl,
+            timing::renewal_interval(self.proxy_ttl),
+            cancel.child_token(),
+        );
         let mut lease_state = lease.state();
         self.enforce(&lease_state).await;
         // Kept across iterations: lease renewals wake the loop more often
@@ -233,10 +239,21 @@ impl Control {
     }
 
     /// Until when routing is allowed: the earlier of the read deadline and
-    /// the lease's validity (less a sixth of its TTL, so that routing stops
+    /// the lease's validity (less the fencing margin, so that routing stops
     /// before etcd could expire the lease).
+    ///
+    /// While etcd is electing a leader, reads fail but the lease is proven
+    /// alive (see `LeaseState::electing`), and the read deadline follows the
+    /// lease: the sentinel cannot promote anyone before this proxy has
+    /// acknowledged the change or its lease has expired, so routing on the
+    /// last status read stays safe, and an election costs no write gap.
     fn deadline(&self, lease: &LeaseState) -> Option<Instant> {
-        let lease_until = lease.valid_until?.checked_sub(self.proxy_ttl / 6)?;
+        let lease_until = lease
+            .valid_until?
+            .checked_sub(timing::fencing_margin(self.proxy_ttl))?;
+        if lease.electing {
+            return Some(lease_until);
+        }
         Some(self.read_until?.min(lease_until))
     }
 
