@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use pgwarden_core::{keys, Spec};
-use pgwarden_store::etcd_server::{free_port, EtcdServer};
+use pgwarden_store::etcd_server::{free_port, EtcdCluster, EtcdServer};
 use pgwarden_store::{Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,50 @@ pub struct DemoArgs {
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// etcd members to run: 1 (tuned for fast elections), or 3, 5 or 7 at
+    /// etcd's default timing, as production runs it.
+    #[arg(long, default_value_t = 1, value_parser = parse_etcd_members)]
+    pub etcd_members: usize,
+}
+
+fn parse_etcd_members(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n @ (1 | 3 | 5 | 7)) => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not an etcd cluster size: use 1, 3, 5 or 7 (an odd number, so that a quorum survives a member's loss)"
+        )),
+    }
+}
+
+/// The demo's etcd: one tuned member, or a cluster at default timing.
+enum DemoEtcd {
+    One(EtcdServer),
+    Cluster(EtcdCluster),
+}
+
+impl DemoEtcd {
+    async fn start(dir: &Path, members: usize) -> anyhow::Result<DemoEtcd> {
+        Ok(if members == 1 {
+            DemoEtcd::One(EtcdServer::start(dir, free_port(), free_port()).await?)
+        } else {
+            DemoEtcd::Cluster(EtcdCluster::start(dir, members).await?)
+        })
+    }
+
+    /// The client endpoints, comma-joined.
+    fn endpoints(&self) -> String {
+        match self {
+            DemoEtcd::One(server) => server.endpoint(),
+            DemoEtcd::Cluster(cluster) => cluster.endpoints(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            DemoEtcd::One(server) => server.stop(),
+            DemoEtcd::Cluster(cluster) => cluster.stop(),
+        }
+    }
 }
 
 struct Children(Vec<(String, Child)>);
@@ -118,17 +162,13 @@ async fn run_in(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let dir = &args.dir;
-    let (client_port, peer_port) = (free_port(), free_port());
     let etcd_dir = dir.join("etcd");
     std::fs::create_dir_all(&etcd_dir)?;
-    let mut etcd = EtcdServer::start(&etcd_dir, client_port, peer_port).await?;
-    let endpoint = etcd.endpoint();
+    let mut etcd = DemoEtcd::start(&etcd_dir, args.etcd_members).await?;
+    let endpoint = etcd.endpoints();
     let cluster = "demo";
-    let store = Store::new(
-        std::slice::from_ref(&endpoint),
-        cluster,
-        StoreOptions::default(),
-    )?;
+    let endpoints: Vec<String> = endpoint.split(',').map(String::from).collect();
+    let store = Store::new(&endpoints, cluster, StoreOptions::default())?;
     store
         .create(keys::SPEC, Spec::default().to_json(), None)
         .await

@@ -98,3 +98,17 @@ fn primary_keeper_frozen_while_its_postgres_runs() {
 fn a_slow_write_is_not_acknowledged_after_the_fence() {
     check(Scenario::SlowWriteAtFence, Mode::Async);
 }
+
+/// A 3-member etcd at default timing loses its raft leader: no fencing, no
+/// failover, no write gap over 2 s through the proxy.
+#[test]
+fn etcd_leader_killed_moves_nothing() {
+    check(Scenario::EtcdLeaderKill, Mode::Async);
+}
+
+/// A 3-member etcd loses quorum for 10 s: the primary stops being writable
+/// within its lease, and writes resume when quorum returns.
+#[test]
+fn etcd_quorum_lost_fences_within_the_lease() {
+    check(Scenario::EtcdQuorumLost, Mode::Async);
+}

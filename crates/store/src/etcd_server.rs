@@ -534,6 +534,13 @@ impl EtcdCluster {
         }
     }
 
+    /// Stops every member (SIGTERM, then SIGKILL after 5 s). Idempotent.
+    pub fn stop(&mut self) {
+        for member in &mut self.members {
+            member.stop();
+        }
+    }
+
     /// Starts member `i` again on its data (after a kill or stop) and waits
     /// until it answers.
     pub async fn restart(&mut self, i: usize) -> Result<(), EtcdServerError> {

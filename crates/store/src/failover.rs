@@ -296,6 +296,38 @@ impl Pool {
         (states, voters)
     }
 
+    /// The client URLs of the member that is raft leader now, as the first
+    /// member to answer within `timeout` names it; empty when none answered
+    /// or none has a leader.
+    pub(crate) async fn leader_urls(&self, timeout: Duration) -> Vec<String> {
+        let slots = self.snapshot();
+        let probes: FuturesUnordered<_> = slots
+            .iter()
+            .map(|slot| async move {
+                let ask = async {
+                    let mut client = self.probe(slot).await?;
+                    let status = client.status().await?;
+                    let list = client.member_list().await?;
+                    let leader = list
+                        .members()
+                        .iter()
+                        .find(|m| m.id() == status.leader())
+                        .map(|m| m.client_urls().to_vec());
+                    Ok::<_, etcd_client::Error>(leader)
+                };
+                tokio::time::timeout(timeout, ask).await
+            })
+            .collect();
+        let answers: Vec<_> = probes.collect().await;
+        answers
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flatten()
+            .next()
+            .unwrap_or_default()
+    }
+
     /// Re-reads etcd's member list and uses every member's client URL from
     /// now on, besides the endpoints given: members added to the cluster are
     /// used, members removed from it are dropped (the given ones stay).

@@ -380,6 +380,13 @@ impl Store {
         crate::quorum::leaderless_term(&states, voters)
     }
 
+    /// The client URLs of the etcd member that is raft leader now, as the
+    /// members answer within `timeout`; empty when none knows a leader. For
+    /// operators and tests: no decision rests on it.
+    pub async fn etcd_leader(&self, timeout: Duration) -> Vec<String> {
+        self.pool().leader_urls(timeout).await
+    }
+
     /// The endpoints in use now: the ones given, then the client URLs of
     /// members discovered in etcd's member list since.
     pub fn endpoints_in_use(&self) -> Vec<String> {

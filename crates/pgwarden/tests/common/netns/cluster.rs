@@ -1,5 +1,7 @@
-//! A pgwarden cluster spread over network namespaces: etcd, two sentinels,
-//! three keepers (each with its postgres) and a proxy, each on its own host.
+//! A pgwarden cluster spread over network namespaces: etcd (one member, or
+//! three at etcd's default timing for the scenarios about the store), two
+//! sentinels, three keepers (each with its postgres) and a proxy, each on its
+//! own host.
 //!
 //! Every process is started with `ip netns exec`; keepers and sentinels then
 //! switch to the `postgres` OS user (postgres refuses root). Each host has
@@ -30,19 +32,22 @@ use crate::common::{bin, postgres_user, REPL_PASSWORD, SU_PASSWORD};
 pub const KEEPERS: [&str; 3] = ["k1", "k2", "k3"];
 /// The sentinels' host names (and ids).
 pub const SENTINELS: [&str; 2] = ["s1", "s2"];
-/// The host running etcd.
+/// The host running etcd (its first member when it has three).
 pub const ETCD: &str = "etcd";
+/// The hosts of a 3-member etcd, in member order.
+pub const ETCD_MEMBERS: [&str; 3] = [ETCD, "etcd2", "etcd3"];
 /// The host running the proxy and the test's own client.
 pub const CLIENT: &str = "client";
 /// The proxy's id (and its process name here).
 pub const PROXY: &str = "proxy";
 /// Every host of the network.
-pub const HOSTS: [&str; 7] = [ETCD, "s1", "s2", "k1", "k2", "k3", CLIENT];
+pub const HOSTS: [&str; 9] = [ETCD, "etcd2", "etcd3", "s1", "s2", "k1", "k2", "k3", CLIENT];
 /// The proxy's port on the client host.
 pub const PROXY_PORT: u16 = 5432;
 /// The proxy's read-only port.
 pub const PROXY_RO_PORT: u16 = 5433;
 const ETCD_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
 const API_PORT: u16 = 8008;
 const CONVERGE: Duration = Duration::from_secs(120);
 
@@ -64,6 +69,8 @@ pub struct NsCluster {
     keep: bool,
     /// Whether the spec asks for synchronous replication.
     pub sync: bool,
+    /// The etcd members' hosts: `[ETCD]`, or [`ETCD_MEMBERS`].
+    pub etcd_hosts: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for NsCluster {
@@ -75,10 +82,11 @@ impl std::fmt::Debug for NsCluster {
 }
 
 impl NsCluster {
-    /// Starts etcd, runs `ctl init` with `spec` (TOML), starts both
-    /// sentinels, the three keepers and the proxy, and waits until a
+    /// Starts etcd (`etcd_members`: 1, tuned for fast elections, or 3 at
+    /// etcd's default timing), runs `ctl init` with `spec` (TOML), starts
+    /// both sentinels, the three keepers and the proxy, and waits until a
     /// primary and two streaming standbys show and the proxy routes.
-    pub async fn start(net: Arc<Net>, spec: &str) -> NsCluster {
+    pub async fn start(net: Arc<Net>, spec: &str, etcd_members: usize) -> NsCluster {
         let (uid, gid) = postgres_user();
         let dir = tempfile::Builder::new()
             .prefix("pgwarden-faults-")
@@ -115,6 +123,11 @@ impl NsCluster {
             frozen: Vec::new(),
             keep: false,
             sync: spec.contains("sync_mode = 'strict'") || spec.contains("sync_mode = 'on'"),
+            etcd_hosts: if etcd_members == 3 {
+                ETCD_MEMBERS.to_vec()
+            } else {
+                vec![ETCD]
+            },
         };
         c.start_etcd().await;
         let spec_file = c.path().join("spec.toml");
@@ -144,14 +157,34 @@ impl NsCluster {
         self.path().to_path_buf()
     }
 
+    /// Every etcd member's client URL, comma-joined, as the roles take them.
     pub fn etcd_endpoint(&self) -> String {
-        format!("http://{}:{ETCD_PORT}", self.net.ip(ETCD))
+        self.etcd_hosts
+            .iter()
+            .map(|h| self.etcd_member_endpoint(h))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of the etcd member on `host`.
+    pub fn etcd_member_endpoint(&self, host: &str) -> String {
+        format!("http://{}:{ETCD_PORT}", self.net.ip(host))
+    }
+
+    /// The host of the etcd member that is raft leader now, if any.
+    pub async fn etcd_leader(&self) -> Option<&'static str> {
+        let urls = self.store().etcd_leader(Duration::from_millis(500)).await;
+        self.etcd_hosts
+            .iter()
+            .copied()
+            .find(|h| urls.contains(&self.etcd_member_endpoint(h)))
     }
 
     /// A client of the cluster's store (the caller runs in the client host).
     pub fn store(&self) -> Store {
+        let endpoints: Vec<String> = self.etcd_endpoint().split(',').map(String::from).collect();
         Store::new(
-            &[self.etcd_endpoint()],
+            &endpoints,
             &self.name,
             StoreOptions {
                 request_timeout: Duration::from_millis(500),
@@ -208,33 +241,70 @@ impl NsCluster {
         self.children.insert(name.to_string(), child);
     }
 
-    /// Starts etcd (again, on the same data) and waits until it answers.
+    /// Starts every etcd member that is not running (again, on its data),
+    /// and waits until the store answers.
     pub async fn start_etcd(&mut self) {
-        let ip = self.net.ip(ETCD);
-        let client = format!("http://{ip}:{ETCD_PORT}");
-        let data = self.path().join("etcd-data");
-        let mut cmd = self.net.command(ETCD, "etcd");
-        cmd.arg("--name=pgwarden")
-            .arg(format!("--data-dir={}", data.display()))
+        for host in self.etcd_hosts.clone() {
+            if !self.running(host) {
+                self.kill(host);
+                self.spawn_etcd_member(host);
+            }
+        }
+        self.wait_etcd().await;
+    }
+
+    /// Starts the etcd member on `host` (again, on its data) and waits until
+    /// the store answers.
+    pub async fn start_etcd_member(&mut self, host: &str) {
+        self.spawn_etcd_member(host);
+        self.wait_etcd().await;
+    }
+
+    fn spawn_etcd_member(&mut self, host: &str) {
+        let client = self.etcd_member_endpoint(host);
+        let data = self.path().join(format!("{host}-data"));
+        let mut cmd = self.net.command(host, "etcd");
+        cmd.arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg("--listen-peer-urls=http://127.0.0.1:2380")
-            .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
-            .arg("--initial-cluster=pgwarden=http://127.0.0.1:2380")
-            .arg("--heartbeat-interval=50")
-            .arg("--election-timeout=500")
-            .arg("--logger=zap")
+            .arg(format!("--advertise-client-urls={client}"));
+        if self.etcd_hosts.len() == 1 {
+            cmd.arg("--name=pgwarden")
+                .arg("--listen-peer-urls=http://127.0.0.1:2380")
+                .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
+                .arg("--initial-cluster=pgwarden=http://127.0.0.1:2380")
+                .arg("--heartbeat-interval=50")
+                .arg("--election-timeout=500");
+        } else {
+            // etcd's default timing: what users run.
+            let peer = |h: &str| format!("http://{}:{ETCD_PEER_PORT}", self.net.ip(h));
+            let cluster = self
+                .etcd_hosts
+                .iter()
+                .map(|h| format!("{h}={}", peer(h)))
+                .collect::<Vec<_>>()
+                .join(",");
+            cmd.arg(format!("--name={host}"))
+                .arg(format!("--listen-peer-urls={}", peer(host)))
+                .arg(format!("--initial-advertise-peer-urls={}", peer(host)))
+                .arg(format!("--initial-cluster={cluster}"));
+        }
+        cmd.arg("--logger=zap")
             .arg("--log-outputs=stderr")
             .stdin(Stdio::null());
-        self.spawn(ETCD, cmd);
+        self.spawn(host, cmd);
+    }
+
+    async fn wait_etcd(&mut self) {
         let store = self.store();
         let deadline = Instant::now() + Duration::from_secs(20);
         while store.get("ready-check").await.is_err() {
-            assert!(
-                self.running(ETCD),
-                "etcd exited; see {}",
-                self.path().display()
-            );
+            for host in self.etcd_hosts.clone() {
+                assert!(
+                    self.running(host),
+                    "etcd on {host} exited; see {}",
+                    self.path().display()
+                );
+            }
             assert!(Instant::now() < deadline, "etcd did not answer in 20 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -406,8 +476,8 @@ impl NsCluster {
         for k in KEEPERS {
             self.signal_postgres(k, Signal::SIGCONT);
         }
-        if !self.running(ETCD) {
-            self.kill(ETCD);
+        let etcd_hosts = self.etcd_hosts.clone();
+        if etcd_hosts.iter().any(|h| !self.running(h)) {
             self.start_etcd().await;
         }
         for s in SENTINELS {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::cluster::{NsCluster, CLIENT, ETCD, HOSTS, KEEPERS, PROXY};
+use super::cluster::{NsCluster, CLIENT, ETCD, ETCD_MEMBERS, HOSTS, KEEPERS, PROXY};
 use super::watch::Watch;
 use super::workload::Workload;
 use super::Net;
@@ -91,10 +91,24 @@ pub enum Scenario {
     /// promoted, and the other one, which replayed WAL past the new
     /// timeline's fork point, must be rewound to follow it.
     SyncStandbyBehind,
+    /// A 3-member etcd at default timing: the raft leader is SIGKILLed and
+    /// comes back 8 s later. Nothing may move.
+    EtcdLeaderKill,
+    /// The same with a follower member.
+    EtcdFollowerKill,
+    /// The member every role lists first (the one they are connected to)
+    /// is cut off from the other two members for 10 s: a minority member.
+    EtcdMinority,
+    /// Every member restarted (SIGTERM, back 1 s later), one at a time.
+    EtcdRollingRestart,
+    /// Two of three members (the leader among them) SIGKILLed for 10 s:
+    /// quorum lost. The primary must stop being writable within its lease,
+    /// and service resumes when quorum returns.
+    EtcdQuorumLost,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::HostKill,
         Scenario::KeeperKill,
         Scenario::CutFromEtcd,
@@ -109,6 +123,11 @@ impl Scenario {
         Scenario::KeeperFreeze,
         Scenario::SlowWriteAtFence,
         Scenario::SyncStandbyBehind,
+        Scenario::EtcdLeaderKill,
+        Scenario::EtcdFollowerKill,
+        Scenario::EtcdMinority,
+        Scenario::EtcdRollingRestart,
+        Scenario::EtcdQuorumLost,
     ];
 
     pub fn name(self) -> &'static str {
@@ -127,13 +146,46 @@ impl Scenario {
             Scenario::KeeperFreeze => "primary-keeper-frozen",
             Scenario::SlowWriteAtFence => "slow-write-at-fence",
             Scenario::SyncStandbyBehind => "sync-standby-behind",
+            Scenario::EtcdLeaderKill => "etcd-leader-killed",
+            Scenario::EtcdFollowerKill => "etcd-follower-killed",
+            Scenario::EtcdMinority => "etcd-minority-member",
+            Scenario::EtcdRollingRestart => "etcd-rolling-restart",
+            Scenario::EtcdQuorumLost => "etcd-quorum-lost",
         }
+    }
+
+    /// How many etcd members the scenario's cluster has: three at etcd's
+    /// default timing for the scenarios about the store, else one.
+    pub fn etcd_members(self) -> usize {
+        match self {
+            Scenario::EtcdLeaderKill
+            | Scenario::EtcdFollowerKill
+            | Scenario::EtcdMinority
+            | Scenario::EtcdRollingRestart
+            | Scenario::EtcdQuorumLost => 3,
+            _ => 1,
+        }
+    }
+
+    /// Whether the primary must stay where it is through the fault.
+    fn primary_stays(self) -> bool {
+        matches!(
+            self,
+            Scenario::EtcdLeaderKill
+                | Scenario::EtcdFollowerKill
+                | Scenario::EtcdMinority
+                | Scenario::EtcdRollingRestart
+        )
     }
 
     /// A generous bound on the unavailability window.
     pub fn window_bound(self) -> Duration {
+        // Routine store trouble: no write gap over 2 s through the proxy.
+        if self.primary_stays() {
+            return Duration::from_secs(2);
+        }
         Duration::from_secs(match self {
-            Scenario::EtcdStop => 60,
+            Scenario::EtcdStop | Scenario::EtcdQuorumLost => 60,
             Scenario::CutFromPeers
             | Scenario::SyncStandbyBehind
             | Scenario::SentinelKill
@@ -229,7 +281,7 @@ pub fn run(scenario: Scenario, mode: Mode, runs: usize) -> Outcome {
 
 async fn run_cycles(net: Arc<Net>, scenario: Scenario, mode: Mode, runs: usize) -> Outcome {
     let spec = format!("{}{}", mode.spec(), scenario.extra_spec());
-    let mut c = NsCluster::start(net.clone(), &spec).await;
+    let mut c = NsCluster::start(net.clone(), &spec, scenario.etcd_members()).await;
     let watch = Watch::start(&net, &c.pg_ports);
     let w = Workload::start(c.proxy_addr()).await;
     w.wait_flowing(Duration::from_secs(2), Duration::from_secs(60))
@@ -249,6 +301,7 @@ async fn run_cycles(net: Arc<Net>, scenario: Scenario, mode: Mode, runs: usize) 
             .unwrap()
             .to_string();
         let before = w.outcomes();
+        let fenced_before = c.log(&primary).matches("fenced: postgres killed").count();
         let t0 = Instant::now();
         let mut cycle = Cycle::default();
         let mut f = Fault {
@@ -259,6 +312,21 @@ async fn run_cycles(net: Arc<Net>, scenario: Scenario, mode: Mode, runs: usize) 
             t0,
         };
         f.inject(scenario, &primary, i).await;
+        if scenario.primary_stays() {
+            if let Some((uid, t)) = watch.first_writable_other(&primary, t0) {
+                cycle.violations.push(format!(
+                    "the primary moved: {uid} writable {:.2} s after the fault",
+                    t.duration_since(t0).as_secs_f64()
+                ));
+            }
+            let fenced = c.log(&primary).matches("fenced: postgres killed").count();
+            if fenced > fenced_before {
+                cycle.violations.push(format!(
+                    "{primary} fenced itself {} times",
+                    fenced - fenced_before
+                ));
+            }
+        }
         c.restore().await;
         w.wait_flowing(Duration::from_secs(2), Duration::from_secs(120))
             .await;
@@ -526,6 +594,41 @@ impl Fault<'_> {
                 ));
             }
             Scenario::SlowWriteAtFence => self.slow_write_at_fence(p, run).await,
+            Scenario::EtcdLeaderKill | Scenario::EtcdFollowerKill => {
+                let leader = self.c.etcd_leader().await.expect("an etcd leader");
+                let victim = if scenario == Scenario::EtcdLeaderKill {
+                    leader
+                } else {
+                    ETCD_MEMBERS
+                        .into_iter()
+                        .find(|m| *m != leader)
+                        .expect("a follower")
+                };
+                self.c.kill(victim);
+                self.note(format!("killed etcd member {victim} (leader: {leader})"));
+                self.sleep_until(Duration::from_secs(8)).await;
+                self.c.start_etcd_member(victim).await;
+                let now = self.c.etcd_leader().await;
+                self.note(format!("leader now {now:?}"));
+            }
+            Scenario::EtcdMinority => {
+                let leader = self.c.etcd_leader().await;
+                self.c.net.cut(ETCD, &ETCD_MEMBERS[1..]).await;
+                self.note(format!("cut {ETCD} off its peers (leader was {leader:?})"));
+                self.sleep_until(Duration::from_secs(10)).await;
+                self.c.net.heal(ETCD).await;
+            }
+            Scenario::EtcdRollingRestart => {
+                for member in ETCD_MEMBERS {
+                    self.c.signal(member, Signal::SIGTERM);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.c.kill(member);
+                    self.c.start_etcd_member(member).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                self.note("restarted etcd, etcd2, etcd3 in turn".into());
+            }
+            Scenario::EtcdQuorumLost => self.etcd_quorum_lost(p).await,
             Scenario::SyncStandbyBehind => self.sync_standby_behind(p, run).await,
             Scenario::KeeperFreeze => {
                 self.c.signal(p, Signal::SIGSTOP);
@@ -650,6 +753,46 @@ impl Fault<'_> {
         self.c.net.heal(p).await;
     }
 
+    /// Two of three etcd members die for 10 s: the survivor has no quorum, so
+    /// the primary's lease cannot be renewed nor proven alive, and it must
+    /// stop accepting writes within its TTL; service resumes with quorum.
+    async fn etcd_quorum_lost(&mut self, p: &str) {
+        let ttl = Duration::from_secs(3);
+        let leader = self.c.etcd_leader().await.expect("an etcd leader");
+        let other = ETCD_MEMBERS
+            .into_iter()
+            .find(|m| *m != leader)
+            .expect("a follower");
+        self.c.kill(leader);
+        self.c.kill(other);
+        self.note(format!("killed etcd members {leader} and {other}"));
+        self.sleep_until(Duration::from_secs(10)).await;
+        self.check_fenced_within(p, ttl, "etcd lost quorum");
+        let t = Instant::now();
+        self.c.start_etcd().await;
+        self.w
+            .wait_flowing(Duration::from_secs(1), Duration::from_secs(60))
+            .await;
+        let secs = t.elapsed().as_secs_f64();
+        self.note(format!("writes resumed {secs:.2} s after quorum returned"));
+    }
+
+    /// A violation unless `p` was last writable within `ttl` of the fault.
+    fn check_fenced_within(&mut self, p: &str, ttl: Duration, what: &str) {
+        let last = self
+            .watch
+            .last_writable(p, self.t0, Instant::now())
+            .map(|t| t.duration_since(self.t0));
+        let fenced = last.map_or(0.0, |d| d.as_secs_f64());
+        self.note(format!("{p} last writable {fenced:.2} s after {what}"));
+        // One polling period of slack: the answer is timed when it arrived.
+        if last.is_some_and(|d| d > ttl + Duration::from_millis(100)) {
+            self.cycle.violations.push(format!(
+                "{p} still writable {fenced:.2} s after {what} (lease TTL {ttl:?})"
+            ));
+        }
+    }
+
     /// etcd dies for 30 s: nobody can be promoted, and the primary must stop
     /// accepting writes once its lease can have expired (its TTL after the
     /// fault at the latest); service resumes when etcd is back.
@@ -657,18 +800,7 @@ impl Fault<'_> {
         let ttl = Duration::from_secs(3);
         self.c.kill(ETCD);
         self.sleep_until(Duration::from_secs(30)).await;
-        let last = self
-            .watch
-            .last_writable(p, self.t0, Instant::now())
-            .map(|t| t.duration_since(self.t0));
-        let fenced = last.map_or(0.0, |d| d.as_secs_f64());
-        self.note(format!("{p} last writable {fenced:.2} s after etcd died"));
-        // One polling period of slack: the answer is timed when it arrived.
-        if last.is_some_and(|d| d > ttl + Duration::from_millis(100)) {
-            self.cycle.violations.push(format!(
-                "{p} still writable {fenced:.2} s after etcd died (lease TTL {ttl:?})"
-            ));
-        }
+        self.check_fenced_within(p, ttl, "etcd died");
         let t = Instant::now();
         self.c.start_etcd().await;
         self.w
