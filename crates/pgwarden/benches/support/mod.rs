@@ -54,13 +54,22 @@ pub struct Bench {
 
 impl Bench {
     /// A fresh cluster with the default spec, except for `sync_mode` when
-    /// `PGWARDEN_BENCH_SYNC_MODE` is set (off, on or strict).
+    /// `PGWARDEN_BENCH_SYNC_MODE` is set (off, on or strict), over a 3-member
+    /// etcd at default timing unless `PGWARDEN_BENCH_ETCD_MEMBERS=1` (one
+    /// member tuned for fast elections, as the figures before it were taken).
     pub async fn start() -> Bench {
         let mode = std::env::var("PGWARDEN_BENCH_SYNC_MODE").unwrap_or_default();
+        let members = match std::env::var("PGWARDEN_BENCH_ETCD_MEMBERS").as_deref() {
+            Ok("1") => 1,
+            _ => 3,
+        };
+        let cluster = TestCluster::with_etcd_members(members).await;
+        eprintln!("etcd: {members} member(s)");
         if mode.is_empty() || mode == "off" {
-            return Bench::start_with(TestCluster::initialised().await).await;
+            let out = cluster.ctl(&["init"]);
+            assert!(out.status.success(), "ctl init: {}", common::stderr(&out));
+            return Bench::start_with(cluster).await;
         }
-        let cluster = TestCluster::new().await;
         let spec = cluster.path().join("spec.toml");
         std::fs::write(&spec, format!("sync_mode = '{mode}'\n")).expect("write spec.toml");
         let out = cluster.ctl(&["init", "--spec", &spec.to_string_lossy()]);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use pgwarden_store::etcd_server::EtcdServer;
+use pgwarden_store::etcd_server::{EtcdCluster, EtcdServer, EtcdServerError};
 use serde_json::Value;
 
 pub const SU_PASSWORD: &str = "su-secret";
@@ -78,10 +78,71 @@ pub struct KeeperInfo {
     pub log: PathBuf,
 }
 
+/// The store of a test cluster: one etcd member tuned for fast elections
+/// (most tests), or three at etcd's default timing (tests and benchmarks
+/// about the store: what users run).
+pub enum TestEtcd {
+    One(EtcdServer),
+    Three(EtcdCluster),
+}
+
+impl TestEtcd {
+    /// The client endpoints, comma-joined, as the roles take them.
+    pub fn endpoint(&self) -> String {
+        match self {
+            TestEtcd::One(server) => server.endpoint(),
+            TestEtcd::Three(cluster) => cluster.endpoints(),
+        }
+    }
+
+    /// The pid of the (first) member.
+    pub fn pid(&self) -> u32 {
+        match self {
+            TestEtcd::One(server) => server.pid(),
+            TestEtcd::Three(cluster) => cluster.members()[0].pid(),
+        }
+    }
+
+    /// Stops every member.
+    pub fn stop(&mut self) {
+        match self {
+            TestEtcd::One(server) => server.stop(),
+            TestEtcd::Three(cluster) => cluster.stop(),
+        }
+    }
+
+    /// Starts every member again on its data.
+    pub async fn restart(&mut self) -> Result<(), EtcdServerError> {
+        match self {
+            TestEtcd::One(server) => server.restart().await,
+            TestEtcd::Three(cluster) => {
+                for i in 0..cluster.members().len() {
+                    cluster.member_mut(i).stop();
+                }
+                for i in 0..cluster.members().len() {
+                    cluster.restart(i).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The 3-member cluster, for tests that kill or cut members.
+    ///
+    /// # Panics
+    /// On a single-member store.
+    pub fn cluster_mut(&mut self) -> &mut EtcdCluster {
+        match self {
+            TestEtcd::Three(cluster) => cluster,
+            TestEtcd::One(_) => panic!("this test cluster runs a single etcd member"),
+        }
+    }
+}
+
 /// A cluster under test; everything it started is stopped on drop.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
-    pub etcd: EtcdServer,
+    pub etcd: TestEtcd,
     pub name: String,
     pub run_as: (u32, u32),
     pub su_file: PathBuf,
@@ -93,6 +154,12 @@ pub struct TestCluster {
 impl TestCluster {
     /// etcd running, cluster not initialised.
     pub async fn new() -> TestCluster {
+        Self::with_etcd_members(1).await
+    }
+
+    /// Like [`TestCluster::new`] over a 3-member etcd at default timing when
+    /// `members` is 3 (else one tuned member).
+    pub async fn with_etcd_members(members: usize) -> TestCluster {
         let run_as = postgres_user();
         let dir = tempfile::Builder::new()
             .prefix("pgwarden-e2e-")
@@ -102,7 +169,11 @@ impl TestCluster {
         let etcd_dir = dir.path().join("etcd");
         std::fs::create_dir(&etcd_dir).unwrap();
         // Retries on other ports when another process took one first.
-        let etcd = EtcdServer::start_on_free_ports(&etcd_dir).await.unwrap();
+        let etcd = if members == 3 {
+            TestEtcd::Three(EtcdCluster::start(&etcd_dir, 3).await.unwrap())
+        } else {
+            TestEtcd::One(EtcdServer::start_on_free_ports(&etcd_dir).await.unwrap())
+        };
         let su_file = secret(dir.path(), "su-password", SU_PASSWORD, run_as);
         let repl_file = secret(dir.path(), "repl-password", REPL_PASSWORD, run_as);
         TestCluster {
