@@ -193,14 +193,17 @@ impl Pool {
         Err(self.unreachable(last))
     }
 
-    /// Runs `attempt` against every endpoint at once and returns the first
-    /// success, so that a dead, partitioned or leaderless member costs
-    /// nothing as long as another one answers. Only for requests that are
-    /// safe to apply more than once (lease keep-alives). An answer from etcd
-    /// that is an error is returned at once, as in [`Pool::run`].
+    /// Runs `attempt` against the endpoint that last worked and, `delay`
+    /// later (at once for a zero delay), against every other endpoint too,
+    /// and returns the first success: a dead, partitioned or leaderless
+    /// member costs at most `delay` as long as another one answers. Only for
+    /// requests that are safe to apply more than once (reads, lease
+    /// keep-alives). An answer from etcd that is an error is returned at
+    /// once, as in [`Pool::run`].
     pub(crate) async fn hedge<T, F, Fut>(
         &self,
         op: &'static str,
+        delay: Duration,
         attempt: F,
     ) -> Result<T, StoreError>
     where
@@ -208,11 +211,15 @@ impl Pool {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let slots = self.snapshot();
+        let first = self.preferred.load(Ordering::Relaxed) % slots.len();
         let attempt = &attempt;
         let mut pending: FuturesUnordered<_> = slots
             .iter()
             .enumerate()
             .map(|(idx, slot)| async move {
+                if idx != first && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let result = match self.client(slot).await {
                     Ok(client) => {
                         tokio::time::timeout(self.options.request_timeout, attempt(client)).await
@@ -226,7 +233,10 @@ impl Pool {
         while let Some((idx, result)) = pending.next().await {
             match result {
                 Ok(Ok(value)) => {
-                    self.preferred.store(idx, Ordering::Relaxed);
+                    if idx != first {
+                        debug!(endpoint = %slots[idx].url, op, "answered by another etcd endpoint");
+                        self.preferred.store(idx, Ordering::Relaxed);
+                    }
                     return Ok(value);
                 }
                 Ok(Err(e)) if is_transport(&e) => {

@@ -21,6 +21,12 @@ use crate::error::{is_lease_not_found, StoreError};
 use crate::failover::Pool;
 use crate::{CasOutcome, Guard, LeaseId, StoreOptions, Versioned, MEMBER_REFRESH_INTERVAL};
 
+/// How long a read waits for the endpoint that last worked before asking the
+/// others too: a member that hangs (cut off from its quorum but not yet aware
+/// of it, or on a host that drops packets) then costs a read this much, not
+/// a request timeout.
+const READ_HEDGE_DELAY: Duration = Duration::from_millis(150);
+
 /// A handle on one cluster's keys in etcd. Cheap to clone; clones share
 /// connections.
 #[derive(Clone)]
@@ -101,7 +107,7 @@ impl Store {
         let full = self.full_key(key);
         let mut resp = self
             .pool()
-            .run("get", |mut c| {
+            .hedge("get", READ_HEDGE_DELAY, |mut c| {
                 let full = full.clone();
                 async move { c.get(full, None).await }
             })
@@ -118,7 +124,7 @@ impl Store {
         let full = self.full_key(key_prefix);
         let mut resp = self
             .pool()
-            .run("get prefix", |mut c| {
+            .hedge("get prefix", READ_HEDGE_DELAY, |mut c| {
                 let full = full.clone();
                 async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
             })
@@ -348,7 +354,7 @@ impl Store {
     ) -> Result<Option<(Duration, u64)>, StoreError> {
         let result = self
             .pool()
-            .hedge("lease keep-alive", |mut c| async move {
+            .hedge("lease keep-alive", Duration::ZERO, |mut c| async move {
                 // etcd-client's helper sends one keep-alive and checks the
                 // answer but keeps its TTL to itself; ask once more on the
                 // same stream to learn the TTL granted.

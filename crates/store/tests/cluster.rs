@@ -211,8 +211,13 @@ async fn members_not_given_are_discovered_and_used() {
             member.endpoint()
         );
     }
-    // The only endpoint given dies: the discovered members serve.
+    // The only endpoint given dies: the discovered members serve (once
+    // they have a leader: the member killed may have been it).
     cluster.member_mut(0).kill();
+    cluster
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .expect("a leader among the survivors");
     for i in 0..20 {
         store
             .put("k", format!("{i}").into_bytes(), None)
