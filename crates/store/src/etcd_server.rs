@@ -24,6 +24,9 @@ use tracing::{debug, warn};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// etcd's data directory, inside the directory given to `start`.
 const DATA_DIR: &str = "data";
+/// Heartbeat and election timeout (ms) of a lone member: it elects itself
+/// fast on loopback.
+const FAST_TIMING: (u32, u32) = (50, 500);
 /// How long a stop waits after SIGTERM before sending SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -98,9 +101,10 @@ pub struct EtcdServer {
     /// The member name and `--initial-cluster`; for a single member, itself.
     name: String,
     initial_cluster: String,
-    /// Fast elections (50 ms heartbeat, 500 ms election timeout) for a lone
-    /// member; members of a cluster run at etcd's defaults.
-    tuned: bool,
+    /// `--heartbeat-interval` and `--election-timeout` in ms; `None` for
+    /// etcd's defaults (100, 1000), which members of a cluster run at unless
+    /// asked otherwise. A lone member elects itself fast (50, 500).
+    timing: Option<(u32, u32)>,
     child: Option<Child>,
     /// Pid of the last process started, kept after it exits.
     pid: u32,
@@ -170,7 +174,7 @@ impl EtcdServer {
             peer_port,
             name,
             initial_cluster,
-            tuned: true,
+            timing: Some(FAST_TIMING),
             child: None,
             pid: 0,
         };
@@ -296,11 +300,10 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--initial-cluster-state=new");
-        if self.tuned {
-            // Elect itself quickly: this is a single member on loopback.
+        if let Some((heartbeat, election)) = self.timing {
             command
-                .arg("--heartbeat-interval=50")
-                .arg("--election-timeout=500");
+                .arg(format!("--heartbeat-interval={heartbeat}"))
+                .arg(format!("--election-timeout={election}"));
         }
         let child = command
             .arg("--logger=zap")
@@ -394,10 +397,20 @@ impl EtcdCluster {
     /// Like [`EtcdCluster::start`], member i listening on `hosts[i]` (each a
     /// loopback address, so that tests can cut members apart).
     pub async fn start_on(dir: &Path, hosts: &[String]) -> Result<EtcdCluster, EtcdServerError> {
+        Self::start_with_timing(dir, hosts, None).await
+    }
+
+    /// Like [`EtcdCluster::start_on`] with `--heartbeat-interval` and
+    /// `--election-timeout` (ms) set; `None` for etcd's defaults.
+    pub async fn start_with_timing(
+        dir: &Path,
+        hosts: &[String],
+        timing: Option<(u32, u32)>,
+    ) -> Result<EtcdCluster, EtcdServerError> {
         let binary = find_on_path("etcd").ok_or(EtcdServerError::NotInstalled)?;
         let mut attempt = 1;
         loop {
-            match Self::try_start(&binary, dir, hosts).await {
+            match Self::try_start(&binary, dir, hosts, timing).await {
                 Err(e @ (EtcdServerError::PortInUse { .. } | EtcdServerError::Exited { .. }))
                     if attempt < 5 =>
                 {
@@ -414,6 +427,7 @@ impl EtcdCluster {
         binary: &Path,
         dir: &Path,
         hosts: &[String],
+        timing: Option<(u32, u32)>,
     ) -> Result<EtcdCluster, EtcdServerError> {
         let mut taken = Vec::new();
         let mut port = |host: &str| loop {
@@ -449,7 +463,7 @@ impl EtcdCluster {
                 peer_port: *peer_port,
                 name: format!("m{i}"),
                 initial_cluster: initial_cluster.clone(),
-                tuned: false,
+                timing,
                 child: None,
                 pid: 0,
             });

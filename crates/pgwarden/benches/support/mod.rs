@@ -54,31 +54,50 @@ pub struct Bench {
 
 impl Bench {
     /// A fresh cluster with the default spec, except for `sync_mode` when
-    /// `PGWARDEN_BENCH_SYNC_MODE` is set (off, on or strict), over a 3-member
-    /// etcd at default timing unless `PGWARDEN_BENCH_ETCD_MEMBERS=1` (one
-    /// member tuned for fast elections, as the figures before it were taken).
+    /// `PGWARDEN_BENCH_SYNC_MODE` is set (off, on or strict) and
+    /// `primary_lease_ttl` when `PGWARDEN_BENCH_LEASE_TTL` is (e.g. `2s`),
+    /// over a 3-member etcd at default timing, or with
+    /// `PGWARDEN_BENCH_ETCD_TIMING=HEARTBEAT_MS,ELECTION_MS` at that timing,
+    /// or with `PGWARDEN_BENCH_ETCD_MEMBERS=1` one member tuned for fast
+    /// elections (as the figures before the 3-member store were taken).
     pub async fn start() -> Bench {
         let mode = std::env::var("PGWARDEN_BENCH_SYNC_MODE").unwrap_or_default();
         let members = match std::env::var("PGWARDEN_BENCH_ETCD_MEMBERS").as_deref() {
             Ok("1") => 1,
             _ => 3,
         };
-        let cluster = TestCluster::with_etcd_members(members).await;
-        eprintln!("etcd: {members} member(s)");
-        if mode.is_empty() || mode == "off" {
+        let timing = std::env::var("PGWARDEN_BENCH_ETCD_TIMING").ok().map(|t| {
+            let (hb, el) = t
+                .split_once(',')
+                .expect("PGWARDEN_BENCH_ETCD_TIMING=HEARTBEAT_MS,ELECTION_MS");
+            (
+                hb.trim().parse().expect("heartbeat in ms"),
+                el.trim().parse().expect("election timeout in ms"),
+            )
+        });
+        let cluster = TestCluster::with_etcd(members, timing).await;
+        eprintln!("etcd: {members} member(s), timing {timing:?} (None: etcd's defaults)");
+        let mut spec_toml = String::new();
+        if !mode.is_empty() && mode != "off" {
+            spec_toml.push_str(&format!("sync_mode = '{mode}'\n"));
+        }
+        if let Ok(ttl) = std::env::var("PGWARDEN_BENCH_LEASE_TTL") {
+            spec_toml.push_str(&format!("primary_lease_ttl = '{ttl}'\n"));
+        }
+        if spec_toml.is_empty() {
             let out = cluster.ctl(&["init"]);
             assert!(out.status.success(), "ctl init: {}", common::stderr(&out));
             return Bench::start_with(cluster).await;
         }
         let spec = cluster.path().join("spec.toml");
-        std::fs::write(&spec, format!("sync_mode = '{mode}'\n")).expect("write spec.toml");
+        std::fs::write(&spec, &spec_toml).expect("write spec.toml");
         let out = cluster.ctl(&["init", "--spec", &spec.to_string_lossy()]);
         assert!(
             out.status.success(),
-            "ctl init with sync_mode = '{mode}': {}",
+            "ctl init with {spec_toml:?}: {}",
             common::stderr(&out)
         );
-        eprintln!("cluster initialised with sync_mode = '{mode}'");
+        eprintln!("cluster initialised with {spec_toml:?}");
         Bench::start_with(cluster).await
     }
 

@@ -160,6 +160,12 @@ impl TestCluster {
     /// Like [`TestCluster::new`] over a 3-member etcd at default timing when
     /// `members` is 3 (else one tuned member).
     pub async fn with_etcd_members(members: usize) -> TestCluster {
+        Self::with_etcd(members, None).await
+    }
+
+    /// Like [`TestCluster::with_etcd_members`], a 3-member etcd with
+    /// `--heartbeat-interval` and `--election-timeout` (ms) set to `timing`.
+    pub async fn with_etcd(members: usize, timing: Option<(u32, u32)>) -> TestCluster {
         let run_as = postgres_user();
         let dir = tempfile::Builder::new()
             .prefix("pgwarden-e2e-")
@@ -170,7 +176,12 @@ impl TestCluster {
         std::fs::create_dir(&etcd_dir).unwrap();
         // Retries on other ports when another process took one first.
         let etcd = if members == 3 {
-            TestEtcd::Three(EtcdCluster::start(&etcd_dir, 3).await.unwrap())
+            let hosts = vec!["127.0.0.1".to_string(); 3];
+            TestEtcd::Three(
+                EtcdCluster::start_with_timing(&etcd_dir, &hosts, timing)
+                    .await
+                    .unwrap(),
+            )
         } else {
             TestEtcd::One(EtcdServer::start_on_free_ports(&etcd_dir).await.unwrap())
         };
