@@ -149,7 +149,11 @@ impl PrimaryLease {
     pub async fn release(self) {
         self.fencer.cancel();
         self.watchdog.disarm();
-        if let Some(id) = self.lease.state().borrow().id {
+        // Copied out first: a watch borrow held across the await below
+        // would block the renewal task's next publication, and with it a
+        // runtime worker.
+        let id = self.lease.state().borrow().id;
+        if let Some(id) = id {
             let _ = self.store.delete_if_lease(keys::PRIMARY, id).await;
         }
         self.lease.release().await;
