@@ -83,7 +83,11 @@ pub fn expand(argv: Vec<OsString>, cli: &Command) -> Result<Vec<OsString>, Confi
     })?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigFileError::Parse {
         path: path.clone(),
-        message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        message: e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     })?;
     let mut inserted = Vec::new();
     for (key, value) in &table {
@@ -154,9 +158,18 @@ fn flag_args(arg: &Arg, flag: &str, value: &toml::Value) -> Result<Vec<String>, 
     let switch = !arg.get_action().takes_values();
     let values: Vec<String> = match value {
         toml::Value::Boolean(on) if switch => {
-            return Ok(if *on { vec![format!("--{flag}")] } else { vec![] });
+            return Ok(if *on {
+                vec![format!("--{flag}")]
+            } else {
+                vec![]
+            });
         }
-        _ if switch => return Err(format!("is a switch: write {} = true", flag.replace('-', "_"))),
+        _ if switch => {
+            return Err(format!(
+                "is a switch: write {} = true",
+                flag.replace('-', "_")
+            ))
+        }
         toml::Value::String(s) => vec![s.clone()],
         toml::Value::Integer(i) => vec![i.to_string()],
         toml::Value::Boolean(b) => vec![b.to_string()],

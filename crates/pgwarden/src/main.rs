@@ -84,8 +84,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cli = Cli::from_arg_matches(&cli_command().get_matches_from(argv))
-        .unwrap_or_else(|e| e.exit());
+    let cli =
+        Cli::from_arg_matches(&cli_command().get_matches_from(argv)).unwrap_or_else(|e| e.exit());
     if let Command::FenceWatchdog = cli.command {
         // Plain threads, no runtime: it must stay small and independent.
         return match keeper::watchdog::run() {

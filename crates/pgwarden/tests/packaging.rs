@@ -272,7 +272,10 @@ async fn sentinel_and_proxy_run_from_their_config_file_report_ready_and_stop_on_
 
     for (role, running) in [("proxy", proxy), ("sentinel", sentinel)] {
         let (status, log) = running.terminate();
-        assert!(status.success(), "{role} exited {status} on SIGTERM:\n{log}");
+        assert!(
+            status.success(),
+            "{role} exited {status} on SIGTERM:\n{log}"
+        );
         assert!(log.contains("shutting down"), "{role}:\n{log}");
     }
 }
