@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Installs what pgwarden needs to build, run its demo and run its tests on
-# Debian 12: PostgreSQL 15, etcd, protoc (the etcd client's build needs it),
-# haproxy and pgbench for the benchmarks, iproute2/iptables for the network
-# namespaces of the fault tests, and the unprivileged OS user postgres runs as.
-# Idempotent; apt is only asked when something is missing.
+# Installs what pgwarden needs to build, run its demo, run its tests and
+# benchmarks and make its release, on a Debian 12 that has nothing but Rust
+# (scripts/fresh-check proves it on a debootstrapped root):
+#   build      gcc + libc6-dev (rustc links through cc), ca-certificates (crates.io),
+#              protoc + libprotobuf-dev (the etcd client's build script needs
+#              protoc and protobuf's well-known types)
+#   run/test   postgresql-15 (pgbench is part of it), etcd-server + etcd-client,
+#              iproute2 + iptables (network namespaces of the fault tests), procps
+#   benchmarks haproxy (measured side by side with the proxy)
+#   release    systemd (systemd-analyze verifies the units), debootstrap (fresh-check)
+# and the unprivileged OS user postgres runs as. Idempotent; apt is only
+# asked when something is missing.
 set -euo pipefail
 
 SUDO=""
@@ -11,7 +18,12 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
 
-packages=(postgresql-15 postgresql-client-15 etcd-server etcd-client protobuf-compiler libprotobuf-dev haproxy iproute2 iptables procps)
+packages=(
+  gcc libc6-dev ca-certificates protobuf-compiler libprotobuf-dev
+  postgresql-15 postgresql-client-15 etcd-server etcd-client iproute2 iptables procps
+  haproxy
+  systemd debootstrap
+)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -74,7 +74,7 @@ async fn measure(idle: Duration) -> Vec<Process> {
 
 fn main() {
     let idle = Duration::from_secs(env_u64("PGWARDEN_BENCH_IDLE_SECONDS", 10));
-    println!("binary measured: {}", common::BIN);
+    println!("binary measured: {}", common::bin_under_test().display());
     let processes = runtime().block_on(measure(idle));
     let mb = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
     let mut table = vec![vec![

@@ -1,13 +1,17 @@
 //! The one pgwarden binary: each role is a subcommand.
 //!
-//! main parses flags, sets up logging and the root cancellation token (SIGINT
-//! and SIGTERM cancel it), and hands over to the role. Roles are thin loops
-//! over the pure decisions in pgwarden-core.
+//! main parses flags (with the sentinel's and proxy's `--config` file turned
+//! into flags first, see config_file.rs), sets up logging and the root
+//! cancellation token (SIGINT and SIGTERM cancel it), and hands over to the
+//! role. Roles are thin loops over the pure decisions in pgwarden-core.
 
 mod api;
+mod config_file;
 mod ctl;
 mod demo;
+mod docs;
 mod keeper;
+mod notify;
 mod proxy;
 mod sentinel;
 mod shutdown;
@@ -15,7 +19,7 @@ mod view;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -55,13 +59,33 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// A local 3-node cluster with etcd and a sentinel, on loopback.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page, or write one page per command with --dir.
+    Man(docs::ManArgs),
     /// Internal: the keeper's out-of-process fencer (see keeper/watchdog.rs).
     #[command(hide = true)]
     FenceWatchdog,
 }
 
+/// The whole command line as clap sees it: the derived definition plus the
+/// sentinel's and proxy's `--config`. Parsing, completions and man pages all
+/// start from here.
+pub fn cli_command() -> clap::Command {
+    config_file::add_flag(Cli::command())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    notify::take_socket_from_env();
+    let argv = match config_file::expand(std::env::args_os().collect(), &cli_command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            return ExitCode::from(2);
+        }
+    };
+    let cli =
+        Cli::from_arg_matches(&cli_command().get_matches_from(argv)).unwrap_or_else(|e| e.exit());
     if let Command::FenceWatchdog = cli.command {
         // Plain threads, no runtime: it must stay small and independent.
         return match keeper::watchdog::run() {
@@ -92,6 +116,8 @@ fn main() -> ExitCode {
             Command::Sentinel(args) => sentinel::run(args, cancel).await,
             Command::Proxy(args) => proxy::run(args, cancel).await,
             Command::Demo(args) => demo::run(args, cancel).await,
+            Command::Completions(args) => docs::completions(args),
+            Command::Man(args) => docs::man(args),
             Command::FenceWatchdog => Ok(()),
         }
     });
@@ -109,7 +135,7 @@ fn main() -> ExitCode {
 /// readable by scripts. RUST_LOG overrides both.
 fn init_logging(command: &Command) {
     let default = match command {
-        Command::Ctl(_) => "warn",
+        Command::Ctl(_) | Command::Completions(_) | Command::Man(_) => "warn",
         _ => "info",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

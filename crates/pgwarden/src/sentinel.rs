@@ -37,6 +37,7 @@ pub async fn run(args: SentinelArgs, cancel: CancellationToken) -> anyhow::Resul
     let store = crate::ctl::open_store(&args.store)?;
     let id = args.id.unwrap_or_else(default_id);
     let span = tracing::info_span!("sentinel", cluster = store.cluster(), id = id.as_str());
+    crate::notify::ready();
     run_sentinel(store, id, cancel).instrument(span).await;
     Ok(())
 }

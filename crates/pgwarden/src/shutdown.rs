@@ -21,6 +21,7 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
             _ = int.recv() => {}
         }
         tracing::info!("shutting down");
+        crate::notify::stopping();
         cancel.cancel();
         tokio::select! {
             _ = term.recv() => {}

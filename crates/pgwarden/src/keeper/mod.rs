@@ -68,6 +68,7 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
     tracker.close();
     let watchdog =
         watchdog::Watchdog::start(&cfg.data_dir).context("start the fencing watchdog")?;
+    crate::notify::ready();
     let result = Node::new(watchdog, cfg, store, bins, local)
         .run(cancel.clone())
         .instrument(span)

@@ -103,6 +103,7 @@ pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<(
             max_connections = args.max_connections,
             "proxy listening"
         );
+        crate::notify::ready();
         let (table_tx, table_rx) = watch::channel(Arc::new(Table::stopped(
             0,
             "the cluster has not been read yet",

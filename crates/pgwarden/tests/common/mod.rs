@@ -24,6 +24,24 @@ pub const SU_PASSWORD: &str = "su-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const BIN: &str = env!("CARGO_BIN_EXE_pgwarden");
 
+/// The binary under test: cargo's build, or the one `PGWARDEN_BIN` names
+/// (e.g. the static binary out of the release tarball or the .deb), so the
+/// same end-to-end tests check what ships.
+pub fn bin_under_test() -> PathBuf {
+    match std::env::var_os("PGWARDEN_BIN") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "PGWARDEN_BIN={} is not a file: point it at a pgwarden binary",
+                path.display()
+            );
+            path
+        }
+        None => PathBuf::from(BIN),
+    }
+}
+
 /// A free TCP port for a test server, below the kernel's ephemeral range
 /// (32768+) so that no outgoing connection of any process is handed the same
 /// port between our check and the server's bind; each test process walks its
@@ -50,7 +68,9 @@ pub fn bin() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.join("pgwarden");
-        std::fs::copy(BIN, &path).unwrap();
+        let source = bin_under_test();
+        eprintln!("binary under test: {}", source.display());
+        std::fs::copy(&source, &path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
     })
