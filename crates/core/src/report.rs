@@ -85,6 +85,11 @@ pub struct KeeperReport {
     pub handled_node_request: u64,
     /// Why the keeper cannot do what it was assigned, if it cannot.
     pub error: Option<String>,
+    /// A token unique to this run of the keeper process: a report under
+    /// the same uid with another token is another process (a second keeper
+    /// given the same uid, or an earlier run whose lease has not expired).
+    #[serde(default)]
+    pub instance: String,
 }
 
 impl KeeperReport {
@@ -114,6 +119,7 @@ impl KeeperReport {
             pending_restart: false,
             handled_node_request: 0,
             error: None,
+            instance: String::new(),
         }
     }
 

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::KeeperConfig;
 use super::divergence::DivergenceCheck;
 use super::primary_lease::{PostmasterPid, PrimaryLease};
+use super::uid_claim::{self, UidClaim};
 use super::watchdog::Watchdog;
 use super::TICK;
 use crate::view;
@@ -113,6 +114,12 @@ pub struct Node {
     warned_store: bool,
     /// Watches a standby that stopped streaming for a fork it cannot follow.
     divergence: DivergenceCheck,
+    /// This run's instance token, in every report.
+    instance: String,
+    /// This process's hold on `keepers/<uid>`; `None` until claimed.
+    claim: Option<UidClaim>,
+    /// Another keeper took this uid: the keeper stops.
+    uid_lost: Option<uid_claim::ClaimError>,
 }
 
 /// What one observation found, beyond what `plan` needs.
@@ -157,13 +164,43 @@ impl Node {
             postmaster_pid: PostmasterPid::default(),
             warned_store: false,
             divergence: DivergenceCheck::default(),
+            instance: uid_claim::new_instance(),
+            claim: None,
+            uid_lost: None,
         }
     }
 
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let report_ttl = self.initial_spec().await.keeper_report_ttl.0;
         let report_lease = LeaseKeeper::spawn(self.store.clone(), report_ttl, cancel.child_token());
-        let lease_state = report_lease.state();
+        let mut lease_state = report_lease.state();
+        // Claim the uid before touching postgres: a second keeper with a
+        // live keeper's uid must not clone, start or promote anything.
+        let claimed = async {
+            let id = loop {
+                if let Some(id) = lease_state.borrow().id {
+                    break id;
+                }
+                if lease_state.changed().await.is_err() {
+                    anyhow::bail!("the report lease task stopped");
+                }
+            };
+            Ok(UidClaim::claim(&self.store, &self.report(None), id, report_ttl).await?)
+        };
+        let claim = tokio::select! {
+            _ = cancel.cancelled() => {
+                report_lease.release().await;
+                return Ok(());
+            }
+            c = claimed => c,
+        };
+        match claim {
+            Ok(c) => self.claim = Some(c),
+            Err(e) => {
+                report_lease.release().await;
+                return Err(e);
+            }
+        }
         let mut status_changes = self.store.watch_prefix(keys::STATUS, cancel.child_token());
         tracing::info!(data_dir = %self.cfg.data_dir.display(), "keeper started");
         let result = loop {
@@ -172,6 +209,10 @@ impl Node {
                     break Err(e);
                 }
                 self.note_error(format!("{e:#}"));
+            }
+            if let Some(lost) = self.uid_lost.take() {
+                break Err(anyhow::Error::new(lost)
+                    .context("another keeper took this keeper's uid; stopping"));
             }
             let exited = async {
                 match &self.postmaster {
@@ -466,7 +507,7 @@ impl Node {
             }
         }
         match &self.primary_lease {
-            Some(l) => l.try_hold().await,
+            Some(l) => l.try_hold(self.claim.as_ref()).await,
             None => false,
         }
     }
@@ -482,12 +523,13 @@ impl Node {
             lease_renewals: self.lease_renewals.clone(),
         }));
         let Some(id) = lease.borrow().id else { return };
-        if let Err(e) = self
-            .store
-            .put(&keys::keeper(&self.cfg.uid), report.to_json(), Some(id))
-            .await
-        {
-            tracing::debug!(error = %e, "cannot publish the report");
+        let Some(claim) = self.claim.as_mut() else {
+            return;
+        };
+        match claim.publish(&self.store, &report, id).await {
+            Ok(()) => {}
+            Err(e @ uid_claim::ClaimError::Taken { .. }) => self.uid_lost = Some(e),
+            Err(e) => tracing::debug!(error = %e, "cannot publish the report"),
         }
     }
 
@@ -516,6 +558,7 @@ impl Node {
         }
         r.system_id = self.system_id;
         r.error = self.last_error.clone();
+        r.instance = self.instance.clone();
         r.role = if self.initializing {
             ObservedRole::Initializing
         } else {
