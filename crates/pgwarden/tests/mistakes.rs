@@ -190,3 +190,169 @@ async fn a_restarted_keeper_waits_out_its_old_report_and_rejoins() {
         c.log(&standby)
     );
 }
+
+/// Writes `value` under the cluster's `key` with etcdctl, past ctl.
+fn etcdctl_put(c: &TestCluster, key: &str, value: &str) {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.etcd.endpoint()))
+        .args(["put", &format!("/pgwarden/{}/{key}", c.name), value])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl put: {}", stderr(&out));
+}
+
+/// Inserts a row through `port` every 50 ms on one connection (reconnecting
+/// after a failure) and records when each insert was acknowledged.
+struct ProxyWriter {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProxyWriter {
+    async fn start(port: u16) -> ProxyWriter {
+        connect(port)
+            .await
+            .unwrap()
+            .batch_execute("CREATE TABLE IF NOT EXISTS w (id bigserial PRIMARY KEY)")
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, acks2) = (stop.clone(), acks.clone());
+        let task = tokio::spawn(async move {
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !stop2.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    client = tokio::time::timeout(Duration::from_millis(500), connect(port))
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                }
+                if let Some(cl) = &client {
+                    let q = cl.batch_execute("INSERT INTO w DEFAULT VALUES");
+                    match tokio::time::timeout(Duration::from_secs(1), q).await {
+                        Ok(Ok(())) => acks2.lock().unwrap().push(Instant::now()),
+                        _ => client = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        ProxyWriter { stop, acks, task }
+    }
+
+    /// The longest time without an acknowledged write in `[from, to]`.
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let acks = self.acks.lock().unwrap();
+        let mut last = from;
+        let mut worst = Duration::ZERO;
+        for t in acks.iter().filter(|t| **t >= from && **t <= to) {
+            worst = worst.max(t.duration_since(last));
+            last = *t;
+        }
+        worst.max(to.saturating_duration_since(last))
+    }
+
+    fn acked_after(&self, t: Instant) -> usize {
+        self.acks.lock().unwrap().iter().filter(|a| **a > t).count()
+    }
+
+    async fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+    }
+}
+
+/// Kills the primary's host and waits until writes through the proxy are
+/// acknowledged by another node; returns it.
+async fn host_loss_fails_over(c: &mut TestCluster, primary: &str, writer: &ProxyWriter) -> String {
+    let t0 = Instant::now();
+    c.kill_host(primary);
+    let new_primary = wait_for("a new primary", Duration::from_secs(60), || {
+        let s = c.status();
+        let p = s["primary"].as_str()?.to_string();
+        let m = TestCluster::member(&s, &p)?;
+        (p != primary && m["state"] == "primary").then_some(p)
+    })
+    .await;
+    let promoted = Instant::now();
+    wait_for(
+        "a write through the proxy after the failover",
+        Duration::from_secs(30),
+        || (writer.acked_after(promoted) > 0).then_some(()),
+    )
+    .await;
+    eprintln!(
+        "host loss of {primary}: {new_primary} promoted and writable through the proxy after {:?}",
+        t0.elapsed()
+    );
+    new_primary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_the_spec_key_stops_nothing_and_failover_still_works() {
+    let (mut c, primary, _standbys) = TestCluster::three_nodes().await;
+    let (port, ro_port) = (free_port(), free_port());
+    c.spawn_proxy("proxy1", port, ro_port);
+    wait_for("the proxy to route", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    let writer = ProxyWriter::start(port).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    etcdctl_put(&c, "spec", "{not json");
+    let broken = Instant::now();
+    // Three proxy TTLs: a proxy that stopped reading would stop routing.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let gap = writer.longest_gap(broken, Instant::now());
+    eprintln!(
+        "garbage spec: {} writes through the proxy in 9 s, longest gap {gap:?}",
+        writer.acked_after(broken)
+    );
+    assert!(
+        gap < Duration::from_secs(2),
+        "writes through the proxy stalled for {gap:?}"
+    );
+
+    // ctl status works and says what is wrong.
+    let s = c.status();
+    let problems = s["store_problems"].as_array().unwrap().clone();
+    eprintln!("ctl status store_problems: {problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("key spec")),
+        "{s}"
+    );
+    let table = c.ctl_ok(&["status"]);
+    assert!(table.contains("PROBLEM"), "{table}");
+    for role in [primary.as_str(), "sentinel1", "proxy1"] {
+        let n = c.log(role).matches("(key spec) cannot be used").count();
+        assert_eq!(
+            n,
+            1,
+            "{role} logs the problem once, not {n} times:\n{}",
+            c.log(role)
+        );
+    }
+
+    host_loss_fails_over(&mut c, &primary, &writer).await;
+
+    // A keeper started while the spec is unreadable waits, saying why.
+    c.start_keeper(&primary);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(c.running(&primary), "a keeper started on a bad spec exited");
+    let n = c.log(&primary).matches("(key spec) cannot be used").count();
+    assert_eq!(n, 2, "the restarted keeper says why it waits");
+
+    // ctl spec set repairs it, and the old primary rejoins.
+    let out = c.ctl_ok(&["spec", "set", "max_lag_bytes=16777216"]);
+    eprintln!("ctl spec set: {}", out.trim());
+    let s = c.status();
+    assert_eq!(s["store_problems"], serde_json::json!([]), "{s}");
+    c.wait_converged(2, CONVERGE).await;
+    writer.finish().await;
+}

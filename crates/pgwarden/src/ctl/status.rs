@@ -34,6 +34,9 @@ pub struct StatusJson {
     pub sync_standbys: Vec<String>,
     /// Strict mode and no synchronous standby confirms commits: they wait.
     pub writes_blocked: bool,
+    /// A spec or status in etcd that cannot be used (every role carries on
+    /// with its last good copy): what is wrong and how to fix it.
+    pub store_problems: Vec<String>,
 }
 
 /// One keeper in `ctl status --output json`.
@@ -129,6 +132,11 @@ pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
         writes_blocked: snap.spec.as_ref().is_some_and(|spec| {
             pgwarden_core::decide::sync::writes_blocked(spec, &snap.status, &snap.keepers)
         }),
+        store_problems: [&snap.spec_problem, &snap.status_problem]
+            .into_iter()
+            .flatten()
+            .map(|p| p.to_string())
+            .collect(),
     }
 }
 
@@ -148,6 +156,9 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
             ""
         }
     );
+    for problem in &j.store_problems {
+        let _ = writeln!(out, "PROBLEM: {problem}");
+    }
     let _ = writeln!(
         out,
         "{:<12} {:<8} {:<12} {:<8} {:>3} {:<14} {:>10}  {:<21} NOTE",
@@ -275,6 +286,8 @@ mod tests {
             keepers: BTreeMap::from([("a".into(), a), ("b".into(), b)]),
             primary_holder: Some("a".into()),
             proxies: BTreeMap::from([("p1".into(), 2)]),
+            spec_problem: None,
+            status_problem: None,
         }
     }
 

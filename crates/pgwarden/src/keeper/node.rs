@@ -120,6 +120,9 @@ pub struct Node {
     claim: Option<UidClaim>,
     /// Another keeper took this uid: the keeper stops.
     uid_lost: Option<uid_claim::ClaimError>,
+    /// The spec and status last read whole, used while the store holds
+    /// copies that cannot be read.
+    last_good: view::LastGood,
 }
 
 /// What one observation found, beyond what `plan` needs.
@@ -167,6 +170,7 @@ impl Node {
             instance: uid_claim::new_instance(),
             claim: None,
             uid_lost: None,
+            last_good: view::LastGood::default(),
         }
     }
 
@@ -235,15 +239,20 @@ impl Node {
     async fn initial_spec(&mut self) -> Spec {
         loop {
             match view::load(&self.store).await {
-                Ok(snap) => return snap.spec.unwrap_or_default(),
+                Ok(mut snap) => {
+                    // An unreadable spec: wait (patch logs why, once).
+                    if self.last_good.patch(&mut snap) {
+                        return snap.spec.unwrap_or_default();
+                    }
+                }
                 Err(e) => {
                     if !self.warned_store {
                         tracing::warn!(error = %e, "cannot read the cluster from etcd; retrying");
                         self.warned_store = true;
                     }
-                    tokio::time::sleep(TICK).await;
                 }
             }
+            tokio::time::sleep(TICK).await;
         }
     }
 
@@ -255,7 +264,7 @@ impl Node {
     }
 
     async fn tick(&mut self, lease: &watch::Receiver<LeaseState>) -> anyhow::Result<()> {
-        let snap = match view::load(&self.store).await {
+        let mut snap = match view::load(&self.store).await {
             Ok(s) => {
                 if self.warned_store {
                     tracing::info!("etcd reachable again");
@@ -271,6 +280,15 @@ impl Node {
                 return Ok(());
             }
         };
+        if !self.last_good.patch(&mut snap) {
+            // Unreadable and no good copy yet: postgres keeps its role.
+            let problem = snap.spec_problem.as_ref().or(snap.status_problem.as_ref());
+            if let Some(p) = problem {
+                self.last_error = Some(format!("{p}; waiting"));
+            }
+            self.publish(lease, None).await;
+            return Ok(());
+        }
         let Some(spec) = snap.spec else {
             self.note_error(format!(
                 "cluster {} is not initialised: run `pgwarden ctl init`; waiting",

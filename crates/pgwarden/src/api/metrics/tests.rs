@@ -66,6 +66,8 @@ fn snapshot() -> Snapshot {
         keepers: BTreeMap::from([("k1".into(), k1), ("k2".into(), standby_state().report)]),
         primary_holder: Some("k1".into()),
         proxies: BTreeMap::new(),
+        spec_problem: None,
+        status_problem: None,
     }
 }
 
