@@ -374,10 +374,11 @@ fn track_health(next: &mut Status, view: &ClusterView) -> bool {
     before != next.unhealthy_since
 }
 
-/// A keeper that reports an error (foreign data, bad password file...) is not
-/// fit to be anything until a human fixes it.
+/// A keeper that reports a fatal error (another system identifier, foreign
+/// data, unusable binaries) is not fit to be anything until a human fixes it;
+/// a transient one (a failed config write, a timeout) does not count.
 fn usable(r: &KeeperReport) -> bool {
-    r.error.is_none()
+    !r.disqualified()
 }
 
 /// Picks the first primary. Keepers that already hold data win over empty

@@ -20,6 +20,6 @@ pub use decide::{decide, ClusterView, Decision, Reason};
 pub use duration::HumanDuration;
 pub use lsn::Lsn;
 pub use plan::{plan, Observed, PgAction, PlanError};
-pub use report::{KeeperReport, ObservedRole};
+pub use report::{ErrorKind, KeeperReport, ObservedRole};
 pub use spec::{Spec, SpecError};
 pub use status::{Assignment, Status};

@@ -356,3 +356,75 @@ async fn garbage_in_the_spec_key_stops_nothing_and_failover_still_works() {
     c.wait_converged(2, CONVERGE).await;
     writer.finish().await;
 }
+
+/// The cluster's spec as JSON, read past ctl.
+fn etcdctl_get_spec(c: &TestCluster) -> serde_json::Value {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.etcd.endpoint()))
+        .args([
+            "get",
+            "--print-value-only",
+            &format!("/pgwarden/{}/spec", c.name),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl get: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_parameter_past_ctl_never_disables_failover() {
+    let (mut c, primary, standbys) = TestCluster::three_nodes().await;
+    let mut spec = etcdctl_get_spec(&c);
+    spec["pg_parameters"]["work_mem"] = "lots".into();
+    etcdctl_put(&c, "spec", &spec.to_string());
+    // Every keeper says it runs on its last good configuration.
+    let s = wait_for(
+        "the keepers to report the rejected parameter",
+        CONVERGE,
+        || {
+            let s = c.status();
+            let all = ["k1", "k2", "k3"].iter().all(|u| {
+                TestCluster::member(&s, u).is_some_and(|m| {
+                    m["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("last good configuration"))
+                })
+            });
+            all.then_some(s)
+        },
+    )
+    .await;
+    eprintln!(
+        "ctl status error of {}: {}",
+        standbys[0],
+        TestCluster::member(&s, &standbys[0]).unwrap()["error"]
+    );
+    let t0 = Instant::now();
+    c.kill_host(&primary);
+    let new_primary = wait_for("a new primary", Duration::from_secs(60), || {
+        let s = c.status();
+        let p = s["primary"].as_str()?.to_string();
+        let m = TestCluster::member(&s, &p)?;
+        (p != primary && m["state"] == "primary").then_some(p)
+    })
+    .await;
+    eprintln!(
+        "bad parameter: host loss of {primary} failed over to {new_primary} in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        query_strings(
+            c.port_of(&new_primary),
+            "SELECT current_setting('work_mem')"
+        )
+        .await
+        .unwrap(),
+        ["4MB"],
+        "the new primary runs without the rejected value"
+    );
+    // A keeper started afresh on the bad spec starts postgres too.
+    c.start_keeper(&primary);
+    c.wait_converged(2, CONVERGE).await;
+}

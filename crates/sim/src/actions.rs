@@ -52,6 +52,9 @@ impl Keeper {
                     .map(|p| p.sync_names.clone())
                     .unwrap_or_default();
                 let config = wanted_config(assignment, &sync_names);
+                if host(ctx, &uid)?.config_writes_fail {
+                    return Err("write postgresql.conf: no space left on device".into());
+                }
                 let data = host_mut(ctx, &uid)?
                     .data_mut()
                     .ok_or("write config: no data directory")?;

@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use pgwarden_core::decide::sync::render_sync_names;
 use pgwarden_core::plan::{DataState, Target, SLOT_PREFIX};
 use pgwarden_core::spec::OnPostgresCrash;
-use pgwarden_core::{keys, plan, Assignment, KeeperReport, Lsn, Observed, ObservedRole, Spec};
+use pgwarden_core::{
+    keys, plan, Assignment, ErrorKind, KeeperReport, Lsn, Observed, ObservedRole, Spec,
+};
 
 use crate::config::TICK_MS;
 use crate::ctx::Ctx;
@@ -470,6 +472,10 @@ impl Keeper {
         }
         r.system_id = p.system_id;
         r.error = p.last_error.clone();
+        r.error_kind = p
+            .last_error
+            .as_deref()
+            .map_or(ErrorKind::Transient, error_kind);
         r.role = ObservedRole::Stopped;
         if let Some((lsn, timeline)) = p.last_position {
             r.current_lsn = Some(lsn);
@@ -491,6 +497,17 @@ impl Keeper {
             r.system_id = Some(s.system_id);
         }
         r
+    }
+}
+
+/// The simulated twin of `PgError::is_fatal`: only a directory that is not
+/// ours to fill is beyond any retry; every other simulated failure (a
+/// config write, a connection, a promotion racing a crash) is transient.
+fn error_kind(message: &str) -> ErrorKind {
+    if message.contains("directory is not empty") {
+        ErrorKind::Fatal
+    } else {
+        ErrorKind::Transient
     }
 }
 

@@ -11,12 +11,11 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context;
 use pgwarden_core::decide::sync::render_sync_names;
 use pgwarden_core::plan::Target;
 use pgwarden_core::spec::{NodeAction, OnPostgresCrash};
 use pgwarden_core::{
-    keys, plan, Assignment, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
+    keys, plan, Assignment, ErrorKind, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
 };
 use pgwarden_pg::{ConnParams, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf};
 use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store};
@@ -74,8 +73,14 @@ pub struct Node {
     watchdog: Watchdog,
     /// The last node request (restart, reinit) carried out.
     handled_node_request: u64,
-    /// The pg_parameters postgres last accepted.
+    /// The pg_parameters postgres last accepted: the last good set.
     checked_parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// The spec's pg_parameters postgres rejected, and why: while the spec
+    /// carries them, the last good set is rendered instead and the report
+    /// says so.
+    rejected_parameters: Option<(std::collections::BTreeMap<String, String>, String)>,
+    /// Whether `last_error` disqualifies this node from promotion.
+    last_error_kind: ErrorKind,
     /// Postgres reports parameters waiting for a restart.
     pending_restart: bool,
     /// synchronous_standby_names the status asks of this node as primary.
@@ -144,6 +149,8 @@ impl Node {
             local,
             handled_node_request: 0,
             checked_parameters: None,
+            rejected_parameters: None,
+            last_error_kind: ErrorKind::Transient,
             pending_restart: false,
             sync_names: String::new(),
             sync_observed: None,
@@ -212,7 +219,9 @@ impl Node {
                 if e.downcast_ref::<pgwarden_core::PlanError>().is_some() {
                     break Err(e);
                 }
+                let kind = error_kind(&e);
                 self.note_error(format!("{e:#}"));
+                self.last_error_kind = kind;
             }
             if let Some(lost) = self.uid_lost.take() {
                 break Err(anyhow::Error::new(lost)
@@ -256,11 +265,13 @@ impl Node {
         }
     }
 
+    /// Records a transient error for the report, logging it once.
     fn note_error(&mut self, message: String) {
         if self.last_error.as_deref() != Some(&message) {
             tracing::warn!("{message}");
         }
         self.last_error = Some(message);
+        self.last_error_kind = ErrorKind::Transient;
     }
 
     async fn tick(&mut self, lease: &watch::Receiver<LeaseState>) -> anyhow::Result<()> {
@@ -436,7 +447,7 @@ impl Node {
             max_replication_slots: 10,
             wal_keep_size_mb: 128,
             parameters: {
-                let mut p = spec.pg_parameters.clone();
+                let mut p = self.effective_parameters(spec);
                 // A standby confirms its flush position at least every
                 // second, so commits waiting for a synchronous standby are
                 // released promptly when the sync set changes (postgres'
@@ -489,15 +500,46 @@ impl Node {
     /// Lets postgres itself check the spec's parameters before they are
     /// written, once per distinct set: a value postgres rejects would stop
     /// it from starting at its next restart.
-    async fn check_parameters(&mut self, spec: &Spec) -> anyhow::Result<()> {
-        if self.checked_parameters.as_ref() == Some(&spec.pg_parameters) {
-            return Ok(());
+    ///
+    /// A rejected set is not an error of the node: postgres is configured
+    /// (and started) with the last good set, and the report says so, so that
+    /// one bad value never stops a node or a failover.
+    async fn check_parameters(&mut self, spec: &Spec) {
+        let set = &spec.pg_parameters;
+        if self.checked_parameters.as_ref() == Some(set)
+            || self
+                .rejected_parameters
+                .as_ref()
+                .is_some_and(|(r, _)| r == set)
+        {
+            return;
         }
-        pgwarden_pg::check_parameters(&self.bins, &spec.pg_parameters)
-            .await
-            .context("the spec's pg_parameters (fix them with `pgwarden ctl spec set`; the current configuration stays)")?;
-        self.checked_parameters = Some(spec.pg_parameters.clone());
-        Ok(())
+        match pgwarden_pg::check_parameters(&self.bins, set).await {
+            Ok(()) => {
+                self.checked_parameters = Some(set.clone());
+                self.rejected_parameters = None;
+            }
+            Err(e) => {
+                let why = format!(
+                    "postgres rejects the spec's pg_parameters ({:#}): running with the last good configuration; fix them with `pgwarden ctl spec set pg_parameters.NAME=VALUE`",
+                    anyhow::Error::new(e)
+                );
+                tracing::error!("{why}");
+                self.rejected_parameters = Some((set.clone(), why));
+            }
+        }
+    }
+
+    /// The pg_parameters to render: the spec's, unless postgres rejected
+    /// them; then the last set it accepted (none, if it accepted none since
+    /// this keeper started).
+    fn effective_parameters(&self, spec: &Spec) -> std::collections::BTreeMap<String, String> {
+        match &self.rejected_parameters {
+            Some((rejected, _)) if *rejected == spec.pg_parameters => {
+                self.checked_parameters.clone().unwrap_or_default()
+            }
+            _ => spec.pg_parameters.clone(),
+        }
     }
 
     /// Records the running postmaster for the fencer and the watchdog.
@@ -575,7 +617,16 @@ impl Node {
             r.replica_flush = o.flush.clone();
         }
         r.system_id = self.system_id;
-        r.error = self.last_error.clone();
+        r.error = self.last_error.clone().or_else(|| {
+            self.rejected_parameters
+                .as_ref()
+                .map(|(_, why)| why.clone())
+        });
+        r.error_kind = if self.last_error.is_some() {
+            self.last_error_kind
+        } else {
+            ErrorKind::Transient
+        };
         r.instance = self.instance.clone();
         r.role = if self.initializing {
             ObservedRole::Initializing
@@ -614,6 +665,20 @@ impl Node {
         if let Some(lease) = self.primary_lease.take() {
             lease.release().await;
         }
+    }
+}
+
+/// Whether an error is one no retry can fix (a human must act), which takes
+/// the node out of the running for promotion; anything else is transient.
+fn error_kind(e: &anyhow::Error) -> ErrorKind {
+    let fatal = e.chain().any(|c| {
+        c.downcast_ref::<pgwarden_pg::PgError>()
+            .is_some_and(pgwarden_pg::PgError::is_fatal)
+    });
+    if fatal {
+        ErrorKind::Fatal
+    } else {
+        ErrorKind::Transient
     }
 }
 

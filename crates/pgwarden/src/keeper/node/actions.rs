@@ -44,7 +44,7 @@ impl Node {
             }
             PgAction::Rewind { host, port } => self.rewind(spec, host, *port).await?,
             PgAction::WriteConfig => {
-                self.check_parameters(spec).await?;
+                self.check_parameters(spec).await;
                 let standby = matches!(assignment, Some(Assignment::Standby { .. }));
                 let conf = pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment));
                 pgwarden_pg::write_file_atomic(&dir.join("postgresql.conf"), &conf, 0o600)?;
