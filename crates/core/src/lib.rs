@@ -11,6 +11,7 @@ pub mod keys;
 pub mod lsn;
 pub mod plan;
 pub mod report;
+pub mod rewind;
 pub mod route;
 pub mod spec;
 pub mod status;

@@ -86,8 +86,14 @@ pub struct Spec {
     pub paused: bool,
     /// What to do when postgres crashes under a live keeper.
     pub on_postgres_crash: OnPostgresCrash,
-    /// Re-clone a standby when pg_rewind fails.
+    /// Re-clone a former primary when pg_rewind reports that its data
+    /// cannot be rewound (connection and authentication failures are
+    /// retried instead; see [`crate::rewind`]).
     pub reclone_on_rewind_failure: bool,
+    /// When there is no room to keep the old data directory aside during
+    /// such a re-clone, delete it instead of refusing. Off by default: the
+    /// old directory may hold the only copy of commits no standby received.
+    pub reclone_may_destroy_data: bool,
     /// Synchronous replication: off, on (falls back to async) or strict.
     pub sync_mode: SyncMode,
     /// How many synchronous standbys must confirm each commit.
@@ -161,6 +167,7 @@ impl Default for Spec {
             paused: false,
             on_postgres_crash: OnPostgresCrash::default(),
             reclone_on_rewind_failure: true,
+            reclone_may_destroy_data: false,
             sync_mode: SyncMode::Off,
             min_sync_standbys: 1,
             max_sync_standbys: 1,

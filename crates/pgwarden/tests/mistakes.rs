@@ -428,3 +428,79 @@ async fn a_bad_parameter_past_ctl_never_disables_failover() {
     c.start_keeper(&primary);
     c.wait_converged(2, CONVERGE).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_whose_source_is_briefly_unreachable_keeps_the_data_directory() {
+    let (mut c, primary, standbys) = TestCluster::three_nodes().await;
+    connect(c.port_of(&primary))
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE kept AS SELECT generate_series(1, 1000) AS id")
+        .await
+        .unwrap();
+    for s in &standbys {
+        let port = c.port_of(s);
+        poll(
+            "the table on every standby",
+            Duration::from_secs(30),
+            || async move {
+                query_strings(port, "SELECT count(*)::text FROM kept")
+                    .await
+                    .ok()
+                    .filter(|v| v == &["1000"])
+            },
+        )
+        .await;
+    }
+    c.kill_host(&primary);
+    let new_primary = wait_for("a new primary", Duration::from_secs(60), || {
+        let s = c.status();
+        let p = s["primary"].as_str()?.to_string();
+        let m = TestCluster::member(&s, &p)?;
+        (p != primary && m["state"] == "primary").then_some(p)
+    })
+    .await;
+    // Written on the new timeline: the old primary must be rewound.
+    connect(c.port_of(&new_primary))
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO kept VALUES (1001)")
+        .await
+        .unwrap();
+    // The source stops accepting connections (its postmaster is stopped;
+    // established sessions, its keeper's included, carry on).
+    let pm = nix::unistd::Pid::from_raw(c.postmaster_pid(&new_primary));
+    nix::sys::signal::kill(pm, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let data = c.keepers[&primary].data_dir.clone();
+    let aside = data.with_file_name("data.pgwarden-old");
+    c.start_keeper(&primary);
+    let line = wait_for("a failed rewind attempt", Duration::from_secs(60), || {
+        c.log(&primary)
+            .lines()
+            .find(|l| l.contains("the data directory is untouched"))
+            .map(str::to_string)
+    })
+    .await;
+    eprintln!("while the source is unreachable: {line}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let intact = data.join("PG_VERSION").exists() && data.join("global/pg_control").exists();
+    nix::sys::signal::kill(pm, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(
+        intact,
+        "the data directory was wiped while the source was unreachable"
+    );
+    assert!(
+        !aside.exists(),
+        "the data directory was moved aside for a re-clone"
+    );
+    // Reachable again: rewound, not re-cloned.
+    c.wait_converged(2, CONVERGE).await;
+    let log = c.log(&primary);
+    assert!(log.contains("rewinding onto"), "{log}");
+    assert!(!log.contains("re-cloning"), "{log}");
+    assert!(!aside.exists());
+    eprintln!(
+        "{primary} rewound and streaming from {new_primary}; {} failed attempts logged",
+        log.matches("the data directory is untouched").count()
+    );
+}

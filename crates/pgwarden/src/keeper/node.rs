@@ -81,6 +81,10 @@ pub struct Node {
     rejected_parameters: Option<(std::collections::BTreeMap<String, String>, String)>,
     /// Whether `last_error` disqualifies this node from promotion.
     last_error_kind: ErrorKind,
+    /// Retryable pg_rewind failures in a row.
+    rewind_failures: u32,
+    /// No pg_rewind before this instant, and why.
+    rewind_retry: Option<(tokio::time::Instant, String)>,
     /// Postgres reports parameters waiting for a restart.
     pending_restart: bool,
     /// synchronous_standby_names the status asks of this node as primary.
@@ -151,6 +155,8 @@ impl Node {
             checked_parameters: None,
             rejected_parameters: None,
             last_error_kind: ErrorKind::Transient,
+            rewind_failures: 0,
+            rewind_retry: None,
             pending_restart: false,
             sync_names: String::new(),
             sync_observed: None,
