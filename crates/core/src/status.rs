@@ -130,7 +130,69 @@ impl Default for Status {
     }
 }
 
+/// Why `ctl remove` refuses to forget a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoveRefused {
+    /// Not a member of this cluster.
+    #[error("{uid} is not a member of this cluster (members: {members}): nothing changed")]
+    Unknown {
+        /// The uid asked for.
+        uid: String,
+        /// The members there are.
+        members: String,
+    },
+    /// The primary (or the primary being replaced or promoted).
+    #[error("{uid} is the primary (or being promoted or replaced): refusing to remove it, nothing changed; switch over to another node first (`pgwarden ctl switchover`)")]
+    Primary {
+        /// The uid asked for.
+        uid: String,
+    },
+    /// Its keeper still reports.
+    #[error("{uid} is live (its keeper reports from {at}): refusing to remove it, nothing changed; stop its keeper for good first")]
+    Live {
+        /// The uid asked for.
+        uid: String,
+        /// Where its keeper says postgres runs.
+        at: String,
+    },
+}
+
 impl Status {
+    /// This status with the gone member `uid` forgotten: it leaves the
+    /// members (so every node drops its replication slots) and the sets
+    /// that name it. `live_at` is where its keeper reports from, if it does.
+    /// The synchronous names are left to the next decision.
+    pub fn without_member(
+        &self,
+        uid: &str,
+        live_at: Option<&str>,
+    ) -> Result<Status, RemoveRefused> {
+        let refused_uid = || uid.to_string();
+        if !self.members.contains_key(uid) {
+            return Err(RemoveRefused::Unknown {
+                uid: refused_uid(),
+                members: self.members.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        let named = [&self.primary, &self.deposed, &self.target];
+        if matches!(self.members.get(uid), Some(Assignment::Primary))
+            || named.iter().any(|n| n.as_deref() == Some(uid))
+        {
+            return Err(RemoveRefused::Primary { uid: refused_uid() });
+        }
+        if let Some(at) = live_at {
+            return Err(RemoveRefused::Live {
+                uid: refused_uid(),
+                at: at.to_string(),
+            });
+        }
+        let mut next = self.clone();
+        next.members.remove(uid);
+        next.unhealthy_since.remove(uid);
+        next.sync_standbys.retain(|u| u != uid);
+        Ok(next)
+    }
+
     /// JSON for the store.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -180,6 +242,42 @@ mod tests {
         );
         assert_eq!(Status::from_json(&s.to_json()).unwrap(), s);
         assert_eq!(s.standbys().collect::<Vec<_>>(), vec!["b"]);
+    }
+
+    #[test]
+    fn a_gone_standby_is_forgotten_and_the_primary_and_live_members_are_not() {
+        let mut s = Status {
+            primary: Some("a".into()),
+            sync_standbys: vec!["b".into(), "c".into()],
+            ..Status::default()
+        };
+        s.members.insert("a".into(), Assignment::Primary);
+        for u in ["b", "c"] {
+            s.members.insert(
+                u.into(),
+                Assignment::Standby {
+                    follow: "a".into(),
+                    host: "h".into(),
+                    port: 5,
+                },
+            );
+            s.unhealthy_since.insert(u.into(), 1);
+        }
+        let next = s.without_member("b", None).unwrap();
+        assert_eq!(next.members.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(next.unhealthy_since.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(next.sync_standbys, ["c"]);
+        assert_eq!(next.generation, s.generation, "no role changed");
+        assert!(matches!(
+            s.without_member("a", None),
+            Err(RemoveRefused::Primary { .. })
+        ));
+        let live = s.without_member("c", Some("10.0.0.3:5432")).unwrap_err();
+        assert!(live.to_string().contains("10.0.0.3:5432"), "{live}");
+        assert!(matches!(
+            s.without_member("zz", None),
+            Err(RemoveRefused::Unknown { .. })
+        ));
     }
 
     #[test]

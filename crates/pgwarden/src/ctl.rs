@@ -107,6 +107,14 @@ pub enum CtlCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Forget a member that is gone for good (its slots are dropped).
+    Remove {
+        /// The member.
+        uid: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Stop automatic failover; keepers keep running postgres.
     Pause,
     /// Resume automatic failover.
@@ -257,6 +265,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             node_ops::restart(&store, uid, pending, yes).await
         }
         CtlCommand::Reinit { uid, yes } => node_ops::reinit(&store, uid, yes).await,
+        CtlCommand::Remove { uid, yes } => node_ops::remove(&store, uid, yes).await,
         CtlCommand::Pause => {
             update_spec(&store, |s| {
                 s.paused = true;

@@ -504,3 +504,65 @@ async fn a_rewind_whose_source_is_briefly_unreachable_keeps_the_data_directory()
         log.matches("the data directory is untouched").count()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_remove_forgets_a_killed_standby_and_refuses_live_members() {
+    let (mut c, primary, standbys) = TestCluster::three_nodes().await;
+    let (gone, live) = (standbys[0].clone(), standbys[1].clone());
+    let slot = format!("pgwarden_{gone}");
+    let slots = |port: u16| async move {
+        query_strings(port, "SELECT slot_name::text FROM pg_replication_slots")
+            .await
+            .unwrap_or_default()
+    };
+    assert!(slots(c.port_of(&primary)).await.contains(&slot));
+    c.kill_host(&gone);
+    wait_for(
+        "the killed standby's report to expire",
+        Duration::from_secs(30),
+        || {
+            let s = c.status();
+            TestCluster::member(&s, &gone)
+                .filter(|m| m["state"].is_null())
+                .map(|_| ())
+        },
+    )
+    .await;
+    let before = c.status();
+    for (uid, why) in [(&live, "is live"), (&primary, "is the primary")] {
+        let out = c.ctl(&["remove", uid, "--yes"]);
+        let err = stderr(&out);
+        eprintln!("ctl remove {uid}: {}", err.trim());
+        assert!(!out.status.success(), "ctl remove {uid} succeeded");
+        assert!(
+            err.contains(why) && err.contains("nothing changed"),
+            "{err}"
+        );
+    }
+    let after = c.status();
+    assert_eq!(after["members"].as_array().unwrap().len(), 3);
+    assert_eq!(after["generation"], before["generation"]);
+
+    let t0 = Instant::now();
+    let out = c.ctl_ok(&["remove", &gone, "--yes"]);
+    eprintln!("ctl remove {gone}: {}", out.trim());
+    for uid in [&primary, &live] {
+        let port = c.port_of(uid);
+        let slot = slot.clone();
+        poll(
+            "the removed member's slot to be dropped",
+            Duration::from_secs(10),
+            || {
+                let slot = slot.clone();
+                async move { (!slots(port).await.contains(&slot)).then_some(()) }
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "slot {slot} gone from the primary and the other standby after {:?}",
+        t0.elapsed()
+    );
+    let s = c.status();
+    assert!(TestCluster::member(&s, &gone).is_none(), "{s}");
+}
