@@ -516,6 +516,28 @@ async fn ctl_remove_forgets_a_killed_standby_and_refuses_live_members() {
             .unwrap_or_default()
     };
     assert!(slots(c.port_of(&primary)).await.contains(&slot));
+    // The primary's metrics show the WAL each slot holds back, and the
+    // guard that bounds it.
+    let api = c.keepers[&primary].api_port;
+    let metric = poll("the slot metric", Duration::from_secs(10), || async move {
+        let body = http(api, "GET", "/metrics", &[]).await.ok()?.body;
+        body.lines()
+            .find(|l| {
+                l.starts_with("pgwarden_slot_retained_wal_bytes") && l.contains("slot=\"pgwarden_")
+            })
+            .map(str::to_string)
+    })
+    .await;
+    eprintln!("primary /metrics: {metric}");
+    assert_eq!(
+        query_strings(
+            c.port_of(&primary),
+            "SELECT current_setting('max_slot_wal_keep_size')"
+        )
+        .await
+        .unwrap(),
+        ["8GB"]
+    );
     c.kill_host(&gone);
     wait_for(
         "the killed standby's report to expire",

@@ -43,6 +43,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Plan-execute rounds per tick before the tick gives way.
 const MAX_PLAN_ROUNDS: usize = 4;
+/// The `max_slot_wal_keep_size` every node runs with unless the spec's
+/// pg_parameters set another (`-1` turns the guard off).
+pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
 /// How long a keeper whose primary postgres crashed waits for the sentinel's
 /// verdict before restarting it in place. The sentinel reacts to the report
 /// within milliseconds; this bounds the outage when no standby is eligible.
@@ -65,6 +68,8 @@ pub struct LocalState {
     /// The primary lease's renewals since this keeper started (live counts,
     /// shared by every primary lease it held).
     pub lease_renewals: Renewals,
+    /// WAL bytes each replication slot on this node retains.
+    pub slot_retained_bytes: std::collections::BTreeMap<String, u64>,
 }
 
 pub struct Node {
@@ -81,6 +86,8 @@ pub struct Node {
     rejected_parameters: Option<(std::collections::BTreeMap<String, String>, String)>,
     /// Whether `last_error` disqualifies this node from promotion.
     last_error_kind: ErrorKind,
+    /// WAL bytes each replication slot retains, as last observed.
+    slot_retained: std::collections::BTreeMap<String, u64>,
     /// Retryable pg_rewind failures in a row.
     rewind_failures: u32,
     /// No pg_rewind before this instant, and why.
@@ -155,6 +162,7 @@ impl Node {
             checked_parameters: None,
             rejected_parameters: None,
             last_error_kind: ErrorKind::Transient,
+            slot_retained: std::collections::BTreeMap::new(),
             rewind_failures: 0,
             rewind_retry: None,
             pending_restart: false,
@@ -390,6 +398,14 @@ impl Node {
         }
         let pg = obs.pg;
         self.sync_observed = self.observe_sync(pg.as_ref()).await;
+        self.slot_retained = match (&self.client, &pg) {
+            (Some(c), Some(_)) => c
+                .slot_retained_wal()
+                .await
+                .map(|v| v.into_iter().collect())
+                .unwrap_or_default(),
+            _ => std::collections::BTreeMap::new(),
+        };
         self.pending_restart = match (&self.client, &pg) {
             (Some(c), Some(_)) => c
                 .query_one_string(
@@ -464,6 +480,11 @@ impl Node {
                     .or_insert_with(|| "1s".into());
                 p.entry("wal_receiver_status_interval".into())
                     .or_insert_with(|| "1s".into());
+                // A slot of a member that never comes back must not fill the
+                // disk: past this, postgres invalidates the slot (the member
+                // then re-clones) instead of keeping WAL for ever.
+                p.entry("max_slot_wal_keep_size".into())
+                    .or_insert_with(|| DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.into());
                 if matches!(assignment, Some(Assignment::Primary)) && !self.sync_names.is_empty() {
                     p.insert("synchronous_standby_names".into(), self.sync_names.clone());
                 }
@@ -587,6 +608,7 @@ impl Node {
             generation: self.generation,
             lease_valid_until,
             lease_renewals: self.lease_renewals.clone(),
+            slot_retained_bytes: self.slot_retained.clone(),
         }));
         let Some(id) = lease.borrow().id else { return };
         let Some(claim) = self.claim.as_mut() else {
