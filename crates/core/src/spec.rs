@@ -27,6 +27,9 @@ pub const DEFAULT_PROXY_TTL: HumanDuration = HumanDuration::from_secs(3);
 /// Default time a newly named primary has to take the primary lease before
 /// it is considered failed (initdb, crash recovery or promotion take a while).
 pub const DEFAULT_PROMOTION_TIMEOUT: HumanDuration = HumanDuration::from_secs(30);
+/// Default time a member may be gone (no report, or unhealthy) before the
+/// replication slots kept for it are dropped.
+pub const DEFAULT_MEMBER_SLOTS_TTL: HumanDuration = HumanDuration::from_secs(30 * 60);
 /// Default largest replay lag a standby may have and still be promoted.
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// Bounds a TTL must lie within: below a second, a GC pause or a slow fsync on
@@ -90,6 +93,10 @@ pub struct Spec {
     /// cannot be rewound (connection and authentication failures are
     /// retried instead; see [`crate::rewind`]).
     pub reclone_on_rewind_failure: bool,
+    /// How long a member may be gone (no report, or unhealthy) before the
+    /// replication slots kept for it are dropped on every node; it stays
+    /// listed as gone, and re-clones if it returns without the WAL it needs.
+    pub member_slots_ttl: HumanDuration,
     /// When there is no room to keep the old data directory aside during
     /// such a re-clone, delete it instead of refusing. Off by default: the
     /// old directory may hold the only copy of commits no standby received.
@@ -168,6 +175,7 @@ impl Default for Spec {
             on_postgres_crash: OnPostgresCrash::default(),
             reclone_on_rewind_failure: true,
             reclone_may_destroy_data: false,
+            member_slots_ttl: DEFAULT_MEMBER_SLOTS_TTL,
             sync_mode: SyncMode::Off,
             min_sync_standbys: 1,
             max_sync_standbys: 1,

@@ -101,6 +101,9 @@ pub struct Status {
     pub primary_confirmed_ms: u64,
     /// Since when (ms since epoch) a member has been seen unhealthy.
     pub unhealthy_since: BTreeMap<String, u64>,
+    /// Members gone longer than the spec's `member_slots_ttl`: no node keeps
+    /// a replication slot for them any more. Sorted.
+    pub slots_released: Vec<String>,
     /// The last decisions, oldest first.
     pub history: Vec<HistoryEntry>,
 }
@@ -125,6 +128,7 @@ impl Default for Status {
             primary_since_ms: 0,
             primary_confirmed_ms: 0,
             unhealthy_since: BTreeMap::new(),
+            slots_released: Vec::new(),
             history: Vec::new(),
         }
     }
@@ -190,6 +194,7 @@ impl Status {
         next.members.remove(uid);
         next.unhealthy_since.remove(uid);
         next.sync_standbys.retain(|u| u != uid);
+        next.slots_released.retain(|u| u != uid);
         Ok(next)
     }
 
@@ -201,6 +206,22 @@ impl Status {
     /// Parses the status read from the store.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// The members whose replication slots node `uid` keeps: on the
+    /// primary, its standbys; on a standby, its peers (made ahead, for when it
+    /// is promoted). Never a member whose slots were released.
+    pub fn slot_holders<'a>(&'a self, uid: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let primary = matches!(self.members.get(uid), Some(Assignment::Primary));
+        self.members
+            .iter()
+            .filter(move |(u, a)| match a {
+                Assignment::Standby { follow, .. } if primary => follow == uid,
+                Assignment::Standby { .. } => u.as_str() != uid,
+                Assignment::Primary => false,
+            })
+            .map(|(u, _)| u.as_str())
+            .filter(move |u| !self.slots_released.iter().any(|r| r == u))
     }
 
     /// The uids of members assigned to stream from someone.

@@ -588,3 +588,59 @@ async fn ctl_remove_forgets_a_killed_standby_and_refuses_live_members() {
     let s = c.status();
     assert!(TestCluster::member(&s, &gone).is_none(), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_gone_past_member_slots_ttl_loses_its_slot_and_rejoins() {
+    let (mut c, primary, standbys) = TestCluster::three_nodes().await;
+    c.ctl_ok(&["spec", "set", "member_slots_ttl=3s"]);
+    let gone = standbys[0].clone();
+    let slot = format!("pgwarden_{gone}");
+    let port = c.port_of(&primary);
+    let has_slot = |slot: String| async move {
+        query_strings(port, "SELECT slot_name::text FROM pg_replication_slots")
+            .await
+            .unwrap_or_default()
+            .contains(&slot)
+    };
+    c.kill_host(&gone);
+    let t0 = Instant::now();
+    poll(
+        "the gone member's slot to be dropped",
+        Duration::from_secs(30),
+        || {
+            let slot = slot.clone();
+            async move { (!has_slot(slot).await).then_some(()) }
+        },
+    )
+    .await;
+    eprintln!(
+        "slot {slot} dropped {:?} after the host loss (member_slots_ttl 3s)",
+        t0.elapsed()
+    );
+    let s = c.status();
+    let m = TestCluster::member(&s, &gone).expect("the member stays listed");
+    assert!(m["state"].is_null(), "listed as gone: {m}");
+    // It comes back: its slot is made again and it streams.
+    c.start_keeper(&gone);
+    poll(
+        "the returning member's slot",
+        Duration::from_secs(30),
+        || {
+            let slot = slot.clone();
+            async move { has_slot(slot).await.then_some(()) }
+        },
+    )
+    .await;
+    let gone_port = c.port_of(&gone);
+    poll("the returning member to stream", CONVERGE, || async move {
+        query_strings(gone_port, "SELECT status FROM pg_stat_wal_receiver")
+            .await
+            .ok()
+            .filter(|v| v == &["streaming"])
+    })
+    .await;
+    eprintln!(
+        "{gone} back, streaming through its slot again after {:?}",
+        t0.elapsed()
+    );
+}

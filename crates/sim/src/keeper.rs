@@ -274,11 +274,12 @@ impl Keeper {
             });
             lease.try_hold(&uid, local, ctx)
         };
+        // The primary's slots (the sim models no standby slots: its standbys
+        // observe none).
         let wanted_slots: BTreeSet<String> = status
-            .members
-            .iter()
-            .filter(|(_, a)| matches!(a, Assignment::Standby { follow, .. } if *follow == uid))
-            .map(|(u, _)| format!("{SLOT_PREFIX}{u}"))
+            .slot_holders(&uid)
+            .filter(|u| matches!(status.members.get(*u), Some(Assignment::Standby { follow, .. }) if *follow == uid))
+            .map(|u| format!("{SLOT_PREFIX}{u}"))
             .collect();
         let target = Target {
             assignment: assignment.as_ref(),

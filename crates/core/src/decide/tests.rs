@@ -439,6 +439,34 @@ fn primary_of(d: &Decision) -> Option<&str> {
 }
 
 #[test]
+fn a_member_gone_past_member_slots_ttl_has_its_slots_released_until_it_returns() {
+    let gone_since = |c: &mut Cluster, mins: u64| {
+        c.view.keepers.remove("c");
+        c.view.now_ms = 10_000_000;
+        let since = c.view.now_ms - mins * 60_000;
+        c.view.status.unhealthy_since.insert("c".into(), since);
+    };
+    let mut c = running().standby("b", 0x1000).standby("c", 0x1000);
+    gone_since(&mut c, 29);
+    let d = c.decide();
+    assert!(d.next.slots_released.is_empty(), "{:?}", d.next);
+    let mut c = running().standby("b", 0x1000).standby("c", 0x1000);
+    gone_since(&mut c, 31);
+    let d = c.decide();
+    assert_eq!(d.next.slots_released, ["c"]);
+    assert!(d.next.members.contains_key("c"), "it stays listed as gone");
+    assert_eq!(
+        d.next.generation, c.view.status.generation,
+        "no role changed"
+    );
+    // Back and healthy: its slots are kept again.
+    let mut back = running().standby("b", 0x1000).standby("c", 0x1000);
+    back.view.status = d.next.clone();
+    let d = back.decide();
+    assert!(d.next.slots_released.is_empty(), "{:?}", d.next);
+}
+
+#[test]
 fn dead_primary_is_replaced_by_the_most_advanced_standby() {
     let d = running()
         .standby("b", 0x2000)

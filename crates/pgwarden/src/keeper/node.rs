@@ -710,19 +710,11 @@ fn error_kind(e: &anyhow::Error) -> ErrorKind {
     }
 }
 
-/// One slot per member that streams from this node.
+/// One slot per member that streams from this node (or would, were it
+/// promoted), except members gone past `member_slots_ttl`.
 fn wanted_slots(status: &Status, uid: &str) -> BTreeSet<String> {
-    let primary = matches!(status.members.get(uid), Some(Assignment::Primary));
     status
-        .members
-        .iter()
-        .filter(|(u, a)| match a {
-            // The primary: its standbys. A standby: its peers, which would
-            // follow it if it were promoted.
-            Assignment::Standby { follow, .. } if primary => follow == uid,
-            Assignment::Standby { .. } => u.as_str() != uid,
-            Assignment::Primary => false,
-        })
-        .map(|(u, _)| pgwarden_pg::slot_name(u))
+        .slot_holders(uid)
+        .map(pgwarden_pg::slot_name)
         .collect()
 }
