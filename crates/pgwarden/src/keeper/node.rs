@@ -199,6 +199,14 @@ impl Node {
         let report_ttl = self.initial_spec().await.keeper_report_ttl.0;
         let report_lease = LeaseKeeper::spawn(self.store.clone(), report_ttl, cancel.child_token());
         let mut lease_state = report_lease.state();
+        if let Ok(snap) = view::load(&self.store).await {
+            let others = snap.status.members.keys().chain(snap.keepers.keys());
+            if let Some(why) = uid_claim::slot_collision(&self.cfg.uid, others.map(String::as_str))
+            {
+                report_lease.release().await;
+                anyhow::bail!(why);
+            }
+        }
         // Claim the uid before touching postgres: a second keeper with a
         // live keeper's uid must not clone, start or promote anything.
         let claimed = async {

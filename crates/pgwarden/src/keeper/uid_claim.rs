@@ -198,6 +198,21 @@ impl UidClaim {
     }
 }
 
+/// Another member whose uid maps to the same replication slot name as `uid`
+/// (slot names are lower case, with other characters replaced): the two
+/// would share one slot, and each would drop or steal the other's WAL.
+pub fn slot_collision<'a>(uid: &str, members: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mine = pgwarden_pg::slot_name(uid);
+    members
+        .into_iter()
+        .find(|m| *m != uid && pgwarden_pg::slot_name(m) == mine)
+        .map(|other| {
+            format!(
+                "uid {uid} maps to the same replication slot name ({mine}) as member {other}: give this keeper a uid that differs in more than case and punctuation"
+            )
+        })
+}
+
 /// A token for this run of the process: its pid and start time, so that a
 /// restarted keeper (same uid, same host) never mistakes its previous run's
 /// report for its own.
@@ -207,4 +222,20 @@ pub fn new_instance() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     format!("{}-{nanos:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_that_share_a_slot_name_collide() {
+        let why = slot_collision("db_1", ["db-1", "db2"]).unwrap();
+        assert!(
+            why.contains("db-1") && why.contains("pgwarden_db_1"),
+            "{why}"
+        );
+        assert!(slot_collision("DB_1", ["db_1"]).is_some());
+        assert_eq!(slot_collision("db_1", ["db_1", "db_2"]), None);
+    }
 }
