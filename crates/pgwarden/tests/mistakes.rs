@@ -644,3 +644,38 @@ async fn a_member_gone_past_member_slots_ttl_loses_its_slot_and_rejoins() {
         t0.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_keeper_never_repeats_a_reinit_still_in_the_spec() {
+    let (mut c, _primary, standbys) = TestCluster::three_nodes().await;
+    let s = standbys[0].clone();
+    // A reinit request left in the spec (ctl died before removing it).
+    let mut spec = etcdctl_get_spec(&c);
+    spec["node_requests"][&s] = serde_json::json!({"id": 5, "action": "reinit"});
+    etcdctl_put(&c, "spec", &spec.to_string());
+    let wiped = "emptying the data directory";
+    wait_for("the reinit", CONVERGE, || {
+        c.log(&s)
+            .contains("operator request carried out")
+            .then_some(())
+    })
+    .await;
+    c.wait_converged(2, CONVERGE).await;
+    assert_eq!(c.log(&s).matches(wiped).count(), 1);
+    // Restarted with the request still there: not carried out again.
+    assert!(c.stop(&s, nix::sys::signal::Signal::SIGTERM).success());
+    c.start_keeper(&s);
+    wait_for("the restarted keeper", CONVERGE, || {
+        (c.log(&s).matches("keeper started").count() == 2).then_some(())
+    })
+    .await;
+    c.wait_converged(2, CONVERGE).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = c.log(&s);
+    eprintln!(
+        "after the restart: wiped {} time(s), requests carried out {}",
+        log.matches(wiped).count(),
+        log.matches("operator request carried out").count()
+    );
+    assert_eq!(log.matches(wiped).count(), 1, "the reinit was repeated");
+}

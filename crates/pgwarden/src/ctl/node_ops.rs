@@ -120,6 +120,7 @@ pub async fn remove(store: &Store, uid: String, yes: bool) -> anyhow::Result<()>
             .context("write the cluster status")?
         {
             CasOutcome::Written { .. } => {
+                let _ = store.delete(&keys::handled(&uid)).await;
                 println!("{uid} removed: its replication slots are dropped on every node");
                 return Ok(());
             }

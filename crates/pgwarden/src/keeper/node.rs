@@ -228,7 +228,10 @@ impl Node {
             c = claimed => c,
         };
         match claim {
-            Ok(c) => self.claim = Some(c),
+            Ok(c) => {
+                self.claim = Some(c);
+                self.handled_node_request = self.load_handled_request().await;
+            }
             Err(e) => {
                 report_lease.release().await;
                 return Err(e);
@@ -398,6 +401,7 @@ impl Node {
                 tracing::info!(id = r.id, action = ?r.action, "operator request carried out");
                 self.handled_node_request = r.id;
                 target.node_request = None;
+                self.record_handled_request(r.id).await;
             }
             obs = self.observe(&spec, &status, assignment.as_ref()).await?;
             if failed.is_some() {
@@ -440,6 +444,34 @@ impl Node {
         match failed {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// The last node request a previous run of this keeper carried out.
+    async fn load_handled_request(&self) -> u64 {
+        match self.store.get(&keys::handled(&self.cfg.uid)).await {
+            Ok(Some(v)) => std::str::from_utf8(&v.value)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which node request was last carried out; a pending one may be repeated");
+                0
+            }
+        }
+    }
+
+    /// Records in the store that node request `id` was carried out, so that
+    /// a restarted keeper does not repeat it (a reinit would wipe again).
+    async fn record_handled_request(&self, id: u64) {
+        let key = keys::handled(&self.cfg.uid);
+        if let Err(e) = self
+            .store
+            .put(&key, id.to_string().into_bytes(), None)
+            .await
+        {
+            tracing::warn!(error = %e, id, "cannot record the carried-out node request in etcd; a restart of this keeper may repeat it");
         }
     }
 
