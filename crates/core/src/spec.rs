@@ -192,7 +192,11 @@ impl Default for Spec {
 }
 
 /// Parameters pgwarden sets itself on every node; an operator value for them
-/// would break replication or routing, so the spec may not carry them.
+/// would break replication or routing, so the spec may not carry them,
+/// rendering skips them, and the keeper removes them from
+/// postgresql.auto.conf (`ALTER SYSTEM`). The one list: validation, the
+/// renderer and that cleaning all use it. Lowercase; postgres compares
+/// names case-insensitively.
 pub const MANAGED_PARAMETERS: &[&str] = &[
     "listen_addresses",
     "port",
@@ -204,6 +208,16 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "unix_socket_directories",
     "wal_log_hints",
     "synchronous_standby_names",
+    // Moving the data directory or the authentication files would take them
+    // out of the keeper's hands.
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    // Directives, not parameters: they would pull in files the keeper does
+    // not manage.
+    "include",
+    "include_dir",
+    "include_if_exists",
 ];
 
 /// A spec that cannot be used; each variant names the field and the value.
@@ -534,6 +548,14 @@ mod tests {
         assert_eq!(err, SpecError::BadParameterName("work mem".into()));
         let err = Spec::from_toml("[pg_parameters]\nwork_mem = \"1\\nport=1\"\n").unwrap_err();
         assert!(matches!(err, SpecError::Multiline { .. }));
+    }
+
+    #[test]
+    fn every_managed_parameter_is_refused() {
+        for name in MANAGED_PARAMETERS {
+            let err = Spec::from_toml(&format!("[pg_parameters]\n{name} = 'x'\n")).unwrap_err();
+            assert_eq!(err, SpecError::ManagedParameter(name.to_string()), "{name}");
+        }
     }
 
     #[test]

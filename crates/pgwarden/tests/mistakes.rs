@@ -679,3 +679,36 @@ async fn a_restarted_keeper_never_repeats_a_reinit_still_in_the_spec() {
     );
     assert_eq!(log.matches(wiped).count(), 1, "the reinit was repeated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_system_cannot_override_what_pgwarden_manages() {
+    let (c, primary, _standbys) = TestCluster::three_nodes().await;
+    let pg = connect(c.port_of(&primary)).await.unwrap();
+    for sql in [
+        "ALTER SYSTEM SET port = 1",
+        "ALTER SYSTEM SET work_mem = '5MB'",
+    ] {
+        pg.batch_execute(sql).await.unwrap();
+    }
+    let auto = c.keepers[&primary].data_dir.join("postgresql.auto.conf");
+    assert!(std::fs::read_to_string(&auto).unwrap().contains("port"));
+    // The next configuration the keeper writes cleans it.
+    c.ctl_ok(&["spec", "set", "pg_parameters.maintenance_work_mem=80MB"]);
+    let text = wait_for(
+        "postgresql.auto.conf cleaned",
+        Duration::from_secs(30),
+        || {
+            let t = std::fs::read_to_string(&auto).ok()?;
+            (!t.contains("port")).then_some(t)
+        },
+    )
+    .await;
+    eprintln!("postgresql.auto.conf after the keeper's write: {text:?}");
+    assert!(
+        text.contains("work_mem = '5MB'"),
+        "unmanaged settings stay: {text}"
+    );
+    assert!(c
+        .log(&primary)
+        .contains("removed parameters pgwarden manages"));
+}

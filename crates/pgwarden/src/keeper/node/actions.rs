@@ -53,12 +53,14 @@ impl Node {
                 let conf = pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment));
                 pgwarden_pg::write_file_atomic(&dir.join("postgresql.conf"), &conf, 0o600)?;
                 pgwarden_pg::write_file_atomic(&dir.join("pg_hba.conf"), &self.hba(spec), 0o600)?;
+                clean_auto_conf(&dir)?;
                 if standby {
                     pgwarden_pg::set_standby_signal(&dir, true)?;
                 }
                 tracing::info!(standby, "postgres: configuration written");
             }
             PgAction::Start => {
+                clean_auto_conf(&dir)?;
                 tracing::info!("postgres: starting");
                 let pm = Postmaster::spawn(&self.bins, &dir, None)?;
                 self.set_postmaster_pid(pm.pid());
@@ -333,6 +335,23 @@ impl Node {
             }
         });
     }
+}
+
+/// Removes the parameters pgwarden manages from postgresql.auto.conf, before
+/// every start and every reload of a new configuration: `ALTER SYSTEM` must
+/// not override them (listen_addresses, port, primary_conninfo,
+/// synchronous_standby_names...) behind pgwarden's back.
+fn clean_auto_conf(dir: &Path) -> Result<(), pgwarden_pg::PgError> {
+    let auto = dir.join("postgresql.auto.conf");
+    let Ok(text) = std::fs::read_to_string(&auto) else {
+        return Ok(());
+    };
+    let (kept, removed) = pgwarden_pg::strip_managed_auto_conf(&text);
+    if !removed.is_empty() {
+        pgwarden_pg::write_file_atomic(&auto, &kept, 0o600)?;
+        tracing::warn!(?removed, "postgres: removed parameters pgwarden manages from postgresql.auto.conf (ALTER SYSTEM cannot override them; set the others in the cluster spec)");
+    }
+    Ok(())
 }
 
 /// How long the check of the rewind source's timeline may take.
