@@ -91,16 +91,36 @@ impl UidClaim {
         let deadline = Instant::now() + report_ttl + EXPIRY_SLACK;
         let mut first_seen: Option<i64> = None;
         let mut warned = false;
+        let mut store_failures = 0u32;
         loop {
-            let written = store
-                .create(&keys::keeper(&claim.uid), report.to_json(), Some(lease))
-                .await
-                .map_err(|source| claim.store_error(source))?;
-            if let Some(revision) = written {
-                claim.revision = revision;
-                return Ok(claim);
-            }
-            match claim.holder(store).await? {
+            // A store hiccup is retried, not a reason to exit: the keeper
+            // was started to run.
+            let attempt = async {
+                let written = store
+                    .create(&keys::keeper(&claim.uid), report.to_json(), Some(lease))
+                    .await
+                    .map_err(|source| claim.store_error(source))?;
+                match written {
+                    Some(revision) => Ok(Err(revision)),
+                    None => claim.holder(store).await.map(Ok),
+                }
+            };
+            let holder = match attempt.await {
+                Ok(Err(revision)) => {
+                    claim.revision = revision;
+                    return Ok(claim);
+                }
+                Ok(Ok(holder)) => holder,
+                Err(e) => {
+                    store_failures += 1;
+                    if store_failures == 1 {
+                        tracing::warn!(error = %e, "cannot claim the uid in etcd yet; retrying");
+                    }
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            match holder {
                 Holder::Absent => continue,
                 Holder::Ours(revision) => {
                     claim.revision = revision;
