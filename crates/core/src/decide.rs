@@ -371,13 +371,38 @@ fn track_health(next: &mut Status, view: &ClusterView) -> bool {
     let members = next.members.clone();
     next.unhealthy_since
         .retain(|uid, _| members.contains_key(uid));
-    before != next.unhealthy_since
+    let released_before = next.slots_released.clone();
+    next.slots_released = released_slots(next, view);
+    before != next.unhealthy_since || released_before != next.slots_released
 }
 
-/// A keeper that reports an error (foreign data, bad password file...) is not
-/// fit to be anything until a human fixes it.
+/// The members gone (unhealthy, or no report) for longer than
+/// `member_slots_ttl`: nobody keeps WAL for them any more. A member that
+/// reports healthy again gets its slots back (and re-clones if its WAL is
+/// gone).
+fn released_slots(next: &Status, view: &ClusterView) -> Vec<String> {
+    let ttl = u64::try_from(view.spec.member_slots_ttl.0.as_millis()).unwrap_or(u64::MAX);
+    next.unhealthy_since
+        .iter()
+        .filter(|(uid, since)| {
+            // A clone in progress is not gone: its slot is about to be used.
+            let cloning = view
+                .keepers
+                .get(uid.as_str())
+                .is_some_and(|r| r.role == ObservedRole::Initializing);
+            next.primary.as_deref() != Some(uid.as_str())
+                && !cloning
+                && view.now_ms.saturating_sub(**since) > ttl
+        })
+        .map(|(uid, _)| uid.clone())
+        .collect()
+}
+
+/// A keeper that reports a fatal error (another system identifier, foreign
+/// data, unusable binaries) is not fit to be anything until a human fixes it;
+/// a transient one (a failed config write, a timeout) does not count.
 fn usable(r: &KeeperReport) -> bool {
-    r.error.is_none()
+    !r.disqualified()
 }
 
 /// Picks the first primary. Keepers that already hold data win over empty

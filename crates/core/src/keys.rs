@@ -14,6 +14,15 @@ pub const KEEPERS_PREFIX: &str = "keepers/";
 /// Prefix of proxy acknowledgements.
 pub const PROXIES_PREFIX: &str = "proxies/";
 
+/// Prefix of the last node request (restart, reinit) each keeper carried
+/// out: kept without a lease, so that a restarted keeper never repeats one.
+pub const HANDLED_PREFIX: &str = "handled/";
+
+/// The handled-request key of one keeper.
+pub fn handled(uid: &str) -> String {
+    format!("{HANDLED_PREFIX}{uid}")
+}
+
 /// The report key of one keeper.
 pub fn keeper(uid: &str) -> String {
     format!("{KEEPERS_PREFIX}{uid}")

@@ -194,15 +194,7 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
                     }
                     if let Some(slots) = &observed.slots {
                         actions.extend(missing_slots(target, slots));
-                        actions.extend(
-                            slots
-                                .iter()
-                                .filter(|s| {
-                                    s.starts_with(SLOT_PREFIX) && !target.wanted_slots.contains(*s)
-                                })
-                                .cloned()
-                                .map(PgAction::DropSlot),
-                        );
+                        actions.extend(unwanted_slots(target, slots));
                     }
                 }
                 None => {}
@@ -257,10 +249,24 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
                 // (unreserved: they keep no WAL) so that they stream the
                 // moment it is, not once it has made them after promotion.
                 actions.extend(missing_slots(target, slots));
+                // And those of members gone for good (`ctl remove`).
+                actions.extend(unwanted_slots(target, slots));
             }
         }
     }
     Ok(actions)
+}
+
+/// A drop for each of pgwarden's slots no member needs any more.
+fn unwanted_slots<'a>(
+    target: &'a Target<'_>,
+    slots: &'a BTreeSet<String>,
+) -> impl Iterator<Item = PgAction> + 'a {
+    slots
+        .iter()
+        .filter(|s| s.starts_with(SLOT_PREFIX) && !target.wanted_slots.contains(*s))
+        .cloned()
+        .map(PgAction::DropSlot)
 }
 
 /// A slot to create for each wanted one postgres does not hold.
@@ -691,6 +697,21 @@ mod tests {
                 Err(PlanError::ForeignDirectory)
             );
         }
+    }
+
+    #[test]
+    fn a_standby_drops_the_slot_of_a_removed_member() {
+        let s = standby_of("h");
+        let mut t = target(Some(&s), Some(7));
+        t.wanted_slots = ["pgwarden_c".to_string()].into();
+        let o = Observed {
+            slots: Some(["pgwarden_c".to_string(), "pgwarden_gone".to_string()].into()),
+            ..running_standby()
+        };
+        assert_eq!(
+            plan(&t, &o).unwrap(),
+            vec![PgAction::DropSlot("pgwarden_gone".into())]
+        );
     }
 
     #[test]

@@ -85,9 +85,42 @@ pub struct KeeperReport {
     pub handled_node_request: u64,
     /// Why the keeper cannot do what it was assigned, if it cannot.
     pub error: Option<String>,
+    /// Whether `error` disqualifies this node (see [`ErrorKind`]).
+    #[serde(default)]
+    pub error_kind: ErrorKind,
+    /// A token unique to this run of the keeper process: a report under
+    /// the same uid with another token is another process (a second keeper
+    /// given the same uid, or an earlier run whose lease has not expired).
+    #[serde(default)]
+    pub instance: String,
+}
+
+/// How bad a keeper's error is, for the decisions about it.
+///
+/// Only a fatal error takes a node out of the running for promotion (and for
+/// being the first primary): its data or its installation cannot serve,
+/// whatever the next tick does (another system identifier, foreign data,
+/// unusable postgres binaries). Everything else (a config write that failed,
+/// a connection refused, a timeout, a parameter postgres rejected) is
+/// transient: reported for operators, and the node stays eligible, so that
+/// one bad value or one slow disk never disables failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The next tick may succeed; never blocks a failover.
+    #[default]
+    Transient,
+    /// A human must act; the node is not promoted.
+    Fatal,
 }
 
 impl KeeperReport {
+    /// The node reports an error that no retry can fix: it must not be
+    /// promoted or chosen as the first primary.
+    pub fn disqualified(&self) -> bool {
+        self.error.is_some() && self.error_kind == ErrorKind::Fatal
+    }
+
     /// A report for a keeper that has not observed postgres yet.
     pub fn new(uid: &str, pg_host: &str, pg_port: u16, api_url: &str) -> Self {
         KeeperReport {
@@ -114,6 +147,8 @@ impl KeeperReport {
             pending_restart: false,
             handled_node_request: 0,
             error: None,
+            error_kind: ErrorKind::Transient,
+            instance: String::new(),
         }
     }
 

@@ -27,6 +27,9 @@ pub const DEFAULT_PROXY_TTL: HumanDuration = HumanDuration::from_secs(3);
 /// Default time a newly named primary has to take the primary lease before
 /// it is considered failed (initdb, crash recovery or promotion take a while).
 pub const DEFAULT_PROMOTION_TIMEOUT: HumanDuration = HumanDuration::from_secs(30);
+/// Default time a member may be gone (no report, or unhealthy) before the
+/// replication slots kept for it are dropped.
+pub const DEFAULT_MEMBER_SLOTS_TTL: HumanDuration = HumanDuration::from_secs(30 * 60);
 /// Default largest replay lag a standby may have and still be promoted.
 pub const DEFAULT_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
 /// Bounds a TTL must lie within: below a second, a GC pause or a slow fsync on
@@ -86,8 +89,18 @@ pub struct Spec {
     pub paused: bool,
     /// What to do when postgres crashes under a live keeper.
     pub on_postgres_crash: OnPostgresCrash,
-    /// Re-clone a standby when pg_rewind fails.
+    /// Re-clone a former primary when pg_rewind reports that its data
+    /// cannot be rewound (connection and authentication failures are
+    /// retried instead; see [`crate::rewind`]).
     pub reclone_on_rewind_failure: bool,
+    /// How long a member may be gone (no report, or unhealthy) before the
+    /// replication slots kept for it are dropped on every node; it stays
+    /// listed as gone, and re-clones if it returns without the WAL it needs.
+    pub member_slots_ttl: HumanDuration,
+    /// When there is no room to keep the old data directory aside during
+    /// such a re-clone, delete it instead of refusing. Off by default: the
+    /// old directory may hold the only copy of commits no standby received.
+    pub reclone_may_destroy_data: bool,
     /// Synchronous replication: off, on (falls back to async) or strict.
     pub sync_mode: SyncMode,
     /// How many synchronous standbys must confirm each commit.
@@ -98,6 +111,9 @@ pub struct Spec {
     pub pg_parameters: BTreeMap<String, String>,
     /// Extra pg_hba.conf lines, placed before pgwarden's defaults.
     pub pg_hba: Vec<String>,
+    /// Accept `trust` (no password at all) in pg_hba lines. Off by default:
+    /// one such line opens the database to anyone who can reach it.
+    pub pg_hba_allow_trust: bool,
     /// The operator's latest switchover or manual failover request; the
     /// sentinel carries out each id once (status.handled_request).
     pub request: Option<RoleRequest>,
@@ -161,11 +177,14 @@ impl Default for Spec {
             paused: false,
             on_postgres_crash: OnPostgresCrash::default(),
             reclone_on_rewind_failure: true,
+            reclone_may_destroy_data: false,
+            member_slots_ttl: DEFAULT_MEMBER_SLOTS_TTL,
             sync_mode: SyncMode::Off,
             min_sync_standbys: 1,
             max_sync_standbys: 1,
             pg_parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
+            pg_hba_allow_trust: false,
             request: None,
             node_requests: BTreeMap::new(),
         }
@@ -173,7 +192,11 @@ impl Default for Spec {
 }
 
 /// Parameters pgwarden sets itself on every node; an operator value for them
-/// would break replication or routing, so the spec may not carry them.
+/// would break replication or routing, so the spec may not carry them,
+/// rendering skips them, and the keeper removes them from
+/// postgresql.auto.conf (`ALTER SYSTEM`). The one list: validation, the
+/// renderer and that cleaning all use it. Lowercase; postgres compares
+/// names case-insensitively.
 pub const MANAGED_PARAMETERS: &[&str] = &[
     "listen_addresses",
     "port",
@@ -185,6 +208,16 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "unix_socket_directories",
     "wal_log_hints",
     "synchronous_standby_names",
+    // Moving the data directory or the authentication files would take them
+    // out of the keeper's hands.
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    // Directives, not parameters: they would pull in files the keeper does
+    // not manage.
+    "include",
+    "include_dir",
+    "include_if_exists",
 ];
 
 /// A spec that cannot be used; each variant names the field and the value.
@@ -236,6 +269,15 @@ pub enum SpecError {
     /// A pg_hba line that does not start with a connection type.
     #[error("spec field pg_hba has an invalid entry {0:?}: each line starts with local, host, hostssl, hostnossl, hostgssenc or hostnogssenc")]
     BadHbaEntry(String),
+    /// A pg_hba line with an unknown method, a bad address, or `trust`
+    /// without `pg_hba_allow_trust`.
+    #[error("spec field pg_hba has an invalid entry {line:?}: {why}")]
+    BadHba {
+        /// The line.
+        line: String,
+        /// What is wrong with it, and the fix.
+        why: String,
+    },
     /// A value with a line break would inject lines into postgresql.conf.
     #[error("spec field {field} has a line break in its value: values must be on one line")]
     Multiline {
@@ -359,9 +401,86 @@ impl Spec {
             if !HBA_TYPES.contains(&first) || line.split_whitespace().count() < 4 {
                 return Err(SpecError::BadHbaEntry(line.clone()));
             }
+            check_hba_line(line, self.pg_hba_allow_trust).map_err(|why| SpecError::BadHba {
+                line: line.clone(),
+                why,
+            })?;
         }
         Ok(())
     }
+}
+
+/// Authentication methods postgres 15 accepts in pg_hba.conf.
+const HBA_METHODS: &[&str] = &[
+    "trust",
+    "reject",
+    "scram-sha-256",
+    "md5",
+    "password",
+    "gss",
+    "sspi",
+    "ident",
+    "peer",
+    "pam",
+    "ldap",
+    "radius",
+    "cert",
+];
+
+/// Checks the address and the method of one pg_hba line (its type and
+/// field count already are).
+fn check_hba_line(line: &str, allow_trust: bool) -> Result<(), String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let method_at = if fields[0] == "local" {
+        3
+    } else {
+        let address = fields[3];
+        match address.split_once('/') {
+            Some((ip, bits)) => {
+                let ip: std::net::IpAddr = ip
+                    .parse()
+                    .map_err(|_| format!("address {address:?} is not IP/prefix"))?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                match bits.parse::<u8>() {
+                    Ok(b) if b <= max => 4,
+                    _ => {
+                        return Err(format!(
+                            "address {address:?} has a prefix length outside 0..={max}"
+                        ))
+                    }
+                }
+            }
+            None if address.parse::<std::net::IpAddr>().is_ok() => {
+                let mask = fields.get(4).copied().unwrap_or("");
+                if mask.parse::<std::net::IpAddr>().is_err() {
+                    return Err(format!(
+                        "address {address:?} needs a /prefix or a netmask after it"
+                    ));
+                }
+                5
+            }
+            None => {
+                let name_ok = address
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+                if !name_ok || address.is_empty() {
+                    return Err(format!("address {address:?} is neither all, samehost, samenet, an IP range nor a host name"));
+                }
+                4
+            }
+        }
+    };
+    let method = fields.get(method_at).copied().unwrap_or("");
+    if !HBA_METHODS.contains(&method) {
+        return Err(format!(
+            "unknown authentication method {method:?}: use one of {}",
+            HBA_METHODS.join(", ")
+        ));
+    }
+    if method == "trust" && !allow_trust {
+        return Err("method trust lets anyone who can connect in without a password: use scram-sha-256, or set pg_hba_allow_trust = true if you really mean it".into());
+    }
+    Ok(())
 }
 
 fn one_line(text: &str) -> String {
@@ -432,10 +551,47 @@ mod tests {
     }
 
     #[test]
+    fn every_managed_parameter_is_refused() {
+        for name in MANAGED_PARAMETERS {
+            let err = Spec::from_toml(&format!("[pg_parameters]\n{name} = 'x'\n")).unwrap_err();
+            assert_eq!(err, SpecError::ManagedParameter(name.to_string()), "{name}");
+        }
+    }
+
+    #[test]
     fn hba_entries_are_checked() {
         assert!(Spec::from_toml("pg_hba = ['host all all 10.0.0.0/8 scram-sha-256']\n").is_ok());
         let err = Spec::from_toml("pg_hba = ['allow everyone']\n").unwrap_err();
         assert_eq!(err, SpecError::BadHbaEntry("allow everyone".into()));
+        for ok in [
+            "local all all peer",
+            "host all all 10.0.0.0/8 scram-sha-256",
+            "hostssl all all ::1/128 cert clientcert=verify-full",
+            "host all all 192.168.1.0 255.255.255.0 md5",
+            "host all all samenet scram-sha-256",
+            "host all all .example.com scram-sha-256",
+        ] {
+            assert!(
+                Spec::from_toml(&format!("pg_hba = ['{ok}']\n")).is_ok(),
+                "{ok}"
+            );
+        }
+        for (bad, says) in [
+            ("host all all 0.0.0.0/0 trust", "pg_hba_allow_trust"),
+            ("local all all trust", "pg_hba_allow_trust"),
+            ("host all all 10.0.0.0/40 md5", "prefix length"),
+            ("host all all 10.0.0.1 md5", "netmask"),
+            (
+                "host all all 10.0.0.0/8 letmein",
+                "unknown authentication method",
+            ),
+            ("host all all bad!host md5", "host name"),
+        ] {
+            let err = Spec::from_toml(&format!("pg_hba = ['{bad}']\n")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
+        let trusted = "pg_hba = ['host all all 10.0.0.0/8 trust']\npg_hba_allow_trust = true\n";
+        assert!(Spec::from_toml(trusted).is_ok());
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct Status {
     pub primary_confirmed_ms: u64,
     /// Since when (ms since epoch) a member has been seen unhealthy.
     pub unhealthy_since: BTreeMap<String, u64>,
+    /// Members gone longer than the spec's `member_slots_ttl`: no node keeps
+    /// a replication slot for them any more. Sorted.
+    pub slots_released: Vec<String>,
     /// The last decisions, oldest first.
     pub history: Vec<HistoryEntry>,
 }
@@ -125,12 +128,76 @@ impl Default for Status {
             primary_since_ms: 0,
             primary_confirmed_ms: 0,
             unhealthy_since: BTreeMap::new(),
+            slots_released: Vec::new(),
             history: Vec::new(),
         }
     }
 }
 
+/// Why `ctl remove` refuses to forget a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoveRefused {
+    /// Not a member of this cluster.
+    #[error("{uid} is not a member of this cluster (members: {members}): nothing changed")]
+    Unknown {
+        /// The uid asked for.
+        uid: String,
+        /// The members there are.
+        members: String,
+    },
+    /// The primary (or the primary being replaced or promoted).
+    #[error("{uid} is the primary (or being promoted or replaced): refusing to remove it, nothing changed; switch over to another node first (`pgwarden ctl switchover`)")]
+    Primary {
+        /// The uid asked for.
+        uid: String,
+    },
+    /// Its keeper still reports.
+    #[error("{uid} is live (its keeper reports from {at}): refusing to remove it, nothing changed; stop its keeper for good first")]
+    Live {
+        /// The uid asked for.
+        uid: String,
+        /// Where its keeper says postgres runs.
+        at: String,
+    },
+}
+
 impl Status {
+    /// This status with the gone member `uid` forgotten: it leaves the
+    /// members (so every node drops its replication slots) and the sets
+    /// that name it. `live_at` is where its keeper reports from, if it does.
+    /// The synchronous names are left to the next decision.
+    pub fn without_member(
+        &self,
+        uid: &str,
+        live_at: Option<&str>,
+    ) -> Result<Status, RemoveRefused> {
+        let refused_uid = || uid.to_string();
+        if !self.members.contains_key(uid) {
+            return Err(RemoveRefused::Unknown {
+                uid: refused_uid(),
+                members: self.members.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        let named = [&self.primary, &self.deposed, &self.target];
+        if matches!(self.members.get(uid), Some(Assignment::Primary))
+            || named.iter().any(|n| n.as_deref() == Some(uid))
+        {
+            return Err(RemoveRefused::Primary { uid: refused_uid() });
+        }
+        if let Some(at) = live_at {
+            return Err(RemoveRefused::Live {
+                uid: refused_uid(),
+                at: at.to_string(),
+            });
+        }
+        let mut next = self.clone();
+        next.members.remove(uid);
+        next.unhealthy_since.remove(uid);
+        next.sync_standbys.retain(|u| u != uid);
+        next.slots_released.retain(|u| u != uid);
+        Ok(next)
+    }
+
     /// JSON for the store.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -139,6 +206,22 @@ impl Status {
     /// Parses the status read from the store.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// The members whose replication slots node `uid` keeps: on the
+    /// primary, its standbys; on a standby, its peers (made ahead, for when it
+    /// is promoted). Never a member whose slots were released.
+    pub fn slot_holders<'a>(&'a self, uid: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let primary = matches!(self.members.get(uid), Some(Assignment::Primary));
+        self.members
+            .iter()
+            .filter(move |(u, a)| match a {
+                Assignment::Standby { follow, .. } if primary => follow == uid,
+                Assignment::Standby { .. } => u.as_str() != uid,
+                Assignment::Primary => false,
+            })
+            .map(|(u, _)| u.as_str())
+            .filter(move |u| !self.slots_released.iter().any(|r| r == u))
     }
 
     /// The uids of members assigned to stream from someone.
@@ -180,6 +263,42 @@ mod tests {
         );
         assert_eq!(Status::from_json(&s.to_json()).unwrap(), s);
         assert_eq!(s.standbys().collect::<Vec<_>>(), vec!["b"]);
+    }
+
+    #[test]
+    fn a_gone_standby_is_forgotten_and_the_primary_and_live_members_are_not() {
+        let mut s = Status {
+            primary: Some("a".into()),
+            sync_standbys: vec!["b".into(), "c".into()],
+            ..Status::default()
+        };
+        s.members.insert("a".into(), Assignment::Primary);
+        for u in ["b", "c"] {
+            s.members.insert(
+                u.into(),
+                Assignment::Standby {
+                    follow: "a".into(),
+                    host: "h".into(),
+                    port: 5,
+                },
+            );
+            s.unhealthy_since.insert(u.into(), 1);
+        }
+        let next = s.without_member("b", None).unwrap();
+        assert_eq!(next.members.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(next.unhealthy_since.keys().collect::<Vec<_>>(), ["c"]);
+        assert_eq!(next.sync_standbys, ["c"]);
+        assert_eq!(next.generation, s.generation, "no role changed");
+        assert!(matches!(
+            s.without_member("a", None),
+            Err(RemoveRefused::Primary { .. })
+        ));
+        let live = s.without_member("c", Some("10.0.0.3:5432")).unwrap_err();
+        assert!(live.to_string().contains("10.0.0.3:5432"), "{live}");
+        assert!(matches!(
+            s.without_member("zz", None),
+            Err(RemoveRefused::Unknown { .. })
+        ));
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! with an empty one serves.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{PgBins, PgError};
 
@@ -21,20 +20,17 @@ pub async fn check_parameters(
     if parameters.is_empty() {
         return Ok(());
     }
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pgwarden-check-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let io = |op: &'static str, path: &std::path::Path| {
-        let path = path.to_path_buf();
-        move |source| PgError::Io { op, path, source }
-    };
-    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let result = check_in(bins, &dir, parameters).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    // A private directory (random name, mode 0700): a predictable path
+    // under /tmp could be prepared by another local user.
+    let dir = tempfile::Builder::new()
+        .prefix("pgwarden-check-")
+        .tempdir()
+        .map_err(|source| PgError::Io {
+            op: "create a private temporary directory in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    check_in(bins, dir.path(), parameters).await
 }
 
 async fn check_in(

@@ -267,6 +267,33 @@ impl PgClient {
             .collect()
     }
 
+    /// WAL bytes each replication slot holds back: from its restart point
+    /// to the current write (primary) or receive (standby) position. Slots
+    /// that retain nothing yet are left out.
+    pub async fn slot_retained_wal(&self) -> Result<Vec<(String, u64)>, PgError> {
+        const OP: &str = "query pg_replication_slots";
+        let rows = self
+            .client
+            .query(
+                "SELECT slot_name::text, ((CASE WHEN pg_is_in_recovery() \
+                 THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END) \
+                 - restart_lsn)::bigint FROM pg_replication_slots \
+                 WHERE restart_lsn IS NOT NULL ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(PgError::sql(OP))?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let name: String = r.try_get(0).map_err(PgError::sql(OP))?;
+            let bytes: Option<i64> = r.try_get(1).map_err(PgError::sql(OP))?;
+            if let Some(b) = bytes.and_then(|b| u64::try_from(b).ok()) {
+                out.push((name, b));
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates a physical slot; an existing slot of that name is fine. With
     /// `reserve` it retains WAL from now on, without only from its first use
     /// (a slot a standby makes ahead of a promotion).

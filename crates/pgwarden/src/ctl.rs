@@ -107,6 +107,14 @@ pub enum CtlCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Forget a member that is gone for good (its slots are dropped).
+    Remove {
+        /// The member.
+        uid: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Stop automatic failover; keepers keep running postgres.
     Pause,
     /// Resume automatic failover.
@@ -159,7 +167,12 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     match args.command {
         CtlCommand::Init { spec, yes, force } => init(&store, spec, yes, force).await,
         CtlCommand::Status { output } => {
-            let snap = load_initialised(&store).await?;
+            // An unreadable spec or status is shown, not an error: status
+            // is how an operator finds out.
+            let snap = view::load(&store).await.context("read the cluster")?;
+            if snap.spec.is_none() && snap.spec_problem.is_none() {
+                bail!(not_initialised(&store));
+            }
             let mut out = std::io::stdout().lock();
             match output {
                 Output::Json => writeln!(
@@ -181,7 +194,13 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Spec {
             command: SpecCommand::Set { assignments },
         } => {
-            let current = load_initialised(&store).await?.spec.unwrap_or_default();
+            let snap = view::load(&store).await.context("read the cluster")?;
+            if snap.spec.is_none() && snap.spec_problem.is_none() {
+                bail!(not_initialised(&store));
+            }
+            // Setting fields over an unreadable spec repairs it: the rest
+            // starts from the defaults.
+            let current = snap.spec.unwrap_or_default();
             let mut proposed = current.clone();
             for a in &assignments {
                 set_field(&mut proposed, a)?;
@@ -193,13 +212,20 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             check_with_postgres(&changed).await?;
-            update_spec(&store, |spec| {
-                for a in &assignments {
-                    set_field(spec, a)?;
-                }
-                Ok(())
-            })
+            let repaired = update_spec_or_repair(
+                &store,
+                |spec| {
+                    for a in &assignments {
+                        set_field(spec, a)?;
+                    }
+                    Ok(())
+                },
+                true,
+            )
             .await?;
+            if let Some(problem) = repaired {
+                println!("the stored spec could not be used ({problem}): replaced by the defaults with your settings");
+            }
             println!("spec updated");
             if !changed.is_empty() {
                 println!(
@@ -239,6 +265,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             node_ops::restart(&store, uid, pending, yes).await
         }
         CtlCommand::Reinit { uid, yes } => node_ops::reinit(&store, uid, yes).await,
+        CtlCommand::Remove { uid, yes } => node_ops::remove(&store, uid, yes).await,
         CtlCommand::Pause => {
             update_spec(&store, |s| {
                 s.paused = true;
@@ -269,14 +296,21 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
 /// Reads the cluster, refusing one that was never initialised.
 pub async fn load_initialised(store: &Store) -> anyhow::Result<Snapshot> {
     let snap = view::load(store).await.context("read the cluster")?;
+    if let Some(problem) = &snap.spec_problem {
+        bail!("{problem}");
+    }
     if snap.spec.is_none() {
-        bail!(
-            "cluster {:?} is not initialised in etcd at {}: run `pgwarden ctl init` first (or check --cluster-name)",
-            store.cluster(),
-            store.endpoints().join(",")
-        );
+        bail!(not_initialised(store));
     }
     Ok(snap)
+}
+
+fn not_initialised(store: &Store) -> String {
+    format!(
+        "cluster {:?} is not initialised in etcd at {}: run `pgwarden ctl init` first (or check --cluster-name)",
+        store.cluster(),
+        store.endpoints().join(",")
+    )
 }
 
 async fn init(
@@ -410,6 +444,19 @@ async fn update_spec(
     store: &Store,
     change: impl Fn(&mut Spec) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    update_spec_or_repair(store, change, false)
+        .await
+        .map(|_| ())
+}
+
+/// [`update_spec`]; with `repair`, a stored spec that cannot be used is
+/// replaced by the defaults with `change` applied, and the reason it could
+/// not be used is returned.
+async fn update_spec_or_repair(
+    store: &Store,
+    change: impl Fn(&mut Spec) -> anyhow::Result<()>,
+    repair: bool,
+) -> anyhow::Result<Option<String>> {
     for _ in 0..5 {
         let current = store
             .get(keys::SPEC)
@@ -422,7 +469,13 @@ async fn update_spec(
                     store.endpoints().join(",")
                 )
             })?;
-        let mut spec = Spec::from_json(&current.value).context("the cluster spec in etcd")?;
+        let (mut spec, problem) = match Spec::from_json(&current.value) {
+            Ok(spec) => (spec, None),
+            Err(e) if repair => (Spec::default(), Some(e.to_string())),
+            Err(e) => {
+                return Err(e).context("the cluster spec in etcd (key spec) cannot be used; repair it with `pgwarden ctl spec set KEY=VALUE` or `pgwarden ctl init --force --spec FILE`")
+            }
+        };
         change(&mut spec)?;
         spec.validate()?;
         match store
@@ -430,7 +483,7 @@ async fn update_spec(
             .await
             .context("write the cluster spec")?
         {
-            CasOutcome::Written { .. } => return Ok(()),
+            CasOutcome::Written { .. } => return Ok(problem),
             CasOutcome::Conflict => continue,
         }
     }

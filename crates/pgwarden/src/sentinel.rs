@@ -57,6 +57,8 @@ pub async fn run_sentinel(store: Store, id: String, cancel: CancellationToken) {
     let mut lease_state = lease.state();
     let mut changes = store.watch_prefix("", cancel.child_token());
     let mut warned_unreachable = false;
+    // Kept across terms of leadership: the spec and status last read whole.
+    let mut last_good = view::LastGood::default();
     while !cancel.is_cancelled() {
         let Some(lease_id) = lease_state.borrow().id else {
             tokio::select! {
@@ -82,6 +84,7 @@ pub async fn run_sentinel(store: Store, id: String, cancel: CancellationToken) {
                     &mut lease_state,
                     &mut changes,
                     &cancel,
+                    &mut last_good,
                 )
                 .await;
                 if !cancel.is_cancelled() {
@@ -128,6 +131,7 @@ async fn lead(
     lease_state: &mut tokio::sync::watch::Receiver<pgwarden_store::LeaseState>,
     changes: &mut tokio::sync::mpsc::Receiver<i64>,
     cancel: &CancellationToken,
+    last_good: &mut view::LastGood,
 ) {
     let guard = [Guard::CreateRevision {
         key: keys::SENTINEL_LEADER.to_string(),
@@ -137,7 +141,7 @@ async fn lead(
         if lease_state.borrow().id != Some(lease_id) {
             return;
         }
-        match round(store, &guard).await {
+        match round(store, &guard, last_good).await {
             Ok(RoundOutcome::Deposed) => return,
             Ok(RoundOutcome::Done) => {}
             Err(e) => tracing::warn!(error = format!("{e:#}"), "decision round failed; retrying"),
@@ -159,8 +163,21 @@ enum RoundOutcome {
     Deposed,
 }
 
-async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
-    let snap = view::load(store).await.context("read the cluster")?;
+async fn round(
+    store: &Store,
+    guard: &[Guard],
+    last_good: &mut view::LastGood,
+) -> anyhow::Result<RoundOutcome> {
+    let mut snap = view::load(store).await.context("read the cluster")?;
+    // A spec or status that cannot be used: decide from the last good copy
+    // (logged once by patch), or wait when this sentinel has none.
+    if !last_good.patch(&mut snap) {
+        return Ok(RoundOutcome::Done);
+    }
+    if snap.status_problem.as_ref().is_some_and(|p| p.newer) {
+        // A newer pgwarden's status: never overwrite it with an older format.
+        return Ok(RoundOutcome::Done);
+    }
     let Some(spec) = snap.spec else {
         tracing::debug!("cluster not initialised yet: run `pgwarden ctl init`");
         return Ok(RoundOutcome::Done);
@@ -174,7 +191,9 @@ async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
         proxies: snap.proxies,
     };
     let decision = decide(&view);
-    if !decision.changed(&snap.status) {
+    // An unparseable status is replaced by the decision made from the last
+    // good copy, changed or not.
+    if !decision.changed(&snap.status) && snap.status_problem.is_none() {
         return Ok(RoundOutcome::Done);
     }
     match store
@@ -189,6 +208,12 @@ async fn round(store: &Store, guard: &[Guard]) -> anyhow::Result<RoundOutcome> {
         .context("write the cluster status")?
     {
         CasOutcome::Written { .. } => {
+            last_good.wrote_status(&decision.next);
+            if snap.status_problem.is_some() {
+                tracing::warn!(
+                    "the unreadable cluster status was rewritten from the last good copy"
+                );
+            }
             let quiet = matches!(
                 decision.reason,
                 pgwarden_core::Reason::HealthChanged | pgwarden_core::Reason::Unchanged

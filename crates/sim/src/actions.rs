@@ -7,6 +7,7 @@
 //! pg_rewind also fails now and then at random (WAL the source already
 //! recycled), so that the re-clone path runs.
 
+use pgwarden_core::rewind::{classify_rewind_failure, RewindFailure};
 use pgwarden_core::{keys, Assignment, PgAction, Spec};
 
 use crate::ctx::Ctx;
@@ -52,6 +53,9 @@ impl Keeper {
                     .map(|p| p.sync_names.clone())
                     .unwrap_or_default();
                 let config = wanted_config(assignment, &sync_names);
+                if host(ctx, &uid)?.config_writes_fail {
+                    return Err("write postgresql.conf: no space left on device".into());
+                }
                 let data = host_mut(ctx, &uid)?
                     .data_mut()
                     .ok_or("write config: no data directory")?;
@@ -189,7 +193,8 @@ impl Keeper {
         Ok(())
     }
 
-    /// pg_rewind onto `source`; on failure, re-clone when the spec allows.
+    /// pg_rewind onto `source`; when it cannot rewind, re-clone if the spec
+    /// allows (the keeper's rule, `pgwarden_core::rewind`).
     fn rewind(&mut self, ctx: &mut Ctx<'_>, spec: &Spec, source: &str) -> Result<(), String> {
         let uid = self.uid.clone();
         let attempt = (|| {
@@ -219,7 +224,12 @@ impl Keeper {
                 ctx.happen(Happening::Rewound(uid));
                 Ok(())
             }
-            Err(e) if spec.reclone_on_rewind_failure => {
+            // Only pg_rewind's own verdict leads to a new copy; a
+            // connection failure is retried on the next tick.
+            Err(e)
+                if spec.reclone_on_rewind_failure
+                    && classify_rewind_failure(&e) == RewindFailure::Unrewindable =>
+            {
                 ctx.note(&uid, || {
                     format!("{e}: re-cloning (reclone_on_rewind_failure)")
                 });

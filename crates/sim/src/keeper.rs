@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use pgwarden_core::decide::sync::render_sync_names;
 use pgwarden_core::plan::{DataState, Target, SLOT_PREFIX};
 use pgwarden_core::spec::OnPostgresCrash;
-use pgwarden_core::{keys, plan, Assignment, KeeperReport, Lsn, Observed, ObservedRole, Spec};
+use pgwarden_core::{
+    keys, plan, Assignment, ErrorKind, KeeperReport, Lsn, Observed, ObservedRole, Spec,
+};
 
 use crate::config::TICK_MS;
 use crate::ctx::Ctx;
@@ -276,11 +278,12 @@ impl Keeper {
             });
             lease.try_hold(&uid, local, ctx)
         };
+        // The primary's slots (the sim models no standby slots: its standbys
+        // observe none).
         let wanted_slots: BTreeSet<String> = status
-            .members
-            .iter()
-            .filter(|(_, a)| matches!(a, Assignment::Standby { follow, .. } if *follow == uid))
-            .map(|(u, _)| format!("{SLOT_PREFIX}{u}"))
+            .slot_holders(&uid)
+            .filter(|u| matches!(status.members.get(*u), Some(Assignment::Standby { follow, .. }) if *follow == uid))
+            .map(|u| format!("{SLOT_PREFIX}{u}"))
             .collect();
         let target = Target {
             assignment: assignment.as_ref(),
@@ -474,6 +477,10 @@ impl Keeper {
         }
         r.system_id = p.system_id;
         r.error = p.last_error.clone();
+        r.error_kind = p
+            .last_error
+            .as_deref()
+            .map_or(ErrorKind::Transient, error_kind);
         r.role = ObservedRole::Stopped;
         if let Some((lsn, timeline)) = p.last_position {
             r.current_lsn = Some(lsn);
@@ -495,6 +502,17 @@ impl Keeper {
             r.system_id = Some(s.system_id);
         }
         r
+    }
+}
+
+/// The simulated twin of `PgError::is_fatal`: only a directory that is not
+/// ours to fill is beyond any retry; every other simulated failure (a
+/// config write, a connection, a promotion racing a crash) is transient.
+fn error_kind(message: &str) -> ErrorKind {
+    if message.contains("directory is not empty") {
+        ErrorKind::Fatal
+    } else {
+        ErrorKind::Transient
     }
 }
 

@@ -183,6 +183,9 @@ pub struct Host {
     pub streaming: bool,
     /// `synchronous_standby_names` in effect (set at start and reload).
     pub sync_applied: String,
+    /// Writing postgresql.conf fails (a full disk, a read-only mount): a
+    /// transient error, reported but not disqualifying.
+    pub config_writes_fail: bool,
 }
 
 impl Host {
@@ -196,6 +199,7 @@ impl Host {
             upstream: None,
             streaming: false,
             sync_applied: String::new(),
+            config_writes_fail: false,
         }
     }
 

@@ -388,6 +388,24 @@ impl World {
         self.fault(format!("keeper {uid} killed"));
     }
 
+    /// Makes writes of `uid`'s postgresql.conf fail (or work again), and,
+    /// when failing, makes its configuration stale, as a spec change would:
+    /// its keeper then tries, fails and reports the error every tick.
+    pub fn fail_config_writes(&mut self, uid: &str, fail: bool) {
+        if let Some(h) = self.hosts.get_mut(uid) {
+            h.config_writes_fail = fail;
+            if fail {
+                if let Some(d) = h.data_mut() {
+                    d.config = None;
+                }
+            }
+        }
+        self.fault(format!(
+            "config writes on {uid} {}",
+            if fail { "fail" } else { "work again" }
+        ));
+    }
+
     /// Starts a keeper that is not running.
     pub fn restart_keeper(&mut self, uid: &str) {
         let (now, spec) = (self.now, self.spec.clone());

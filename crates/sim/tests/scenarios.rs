@@ -228,3 +228,31 @@ fn foreign_data_is_never_touched() {
     assert_eq!(w.hosts()["n4"].dir, Dir::Data(other));
     assert_eq!(w.hosts()["n5"].dir, Dir::Foreign);
 }
+
+#[test]
+fn standbys_reporting_transient_errors_are_still_promoted() {
+    let mut w = World::new(1, SimConfig::scripted(3));
+    let old = bring_up(&mut w);
+    let standbys: Vec<String> = w.hosts().keys().filter(|u| **u != old).cloned().collect();
+    for s in &standbys {
+        w.fail_config_writes(s, true);
+    }
+    // Every standby's keeper reports the failed write.
+    assert!(ok(w.run_until(30, |w| standbys
+        .iter()
+        .all(|s| w.report(s).is_some_and(|r| r.error.is_some())))));
+    w.crash_keeper(&old);
+    // The sentinel still names a new primary...
+    assert!(
+        ok(w.run_until(100, |w| w
+            .status()
+            .and_then(|s| s.primary.as_deref())
+            .is_some_and(|p| p != old))),
+        "no failover: standbys with a transient error were disqualified"
+    );
+    // ...which takes over once its configuration can be written again.
+    for s in &standbys {
+        w.fail_config_writes(s, false);
+    }
+    assert!(ok(w.run_until(100, someone_else_writes(&old))));
+}

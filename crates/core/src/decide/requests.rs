@@ -123,7 +123,7 @@ pub(super) fn eligible(
     let Some(r) = view.keepers.get(uid) else {
         return Err(format!("{uid} is not running (its keeper reports nothing)"));
     };
-    if !r.healthy || r.role != ObservedRole::Standby || r.error.is_some() {
+    if !r.healthy || r.role != ObservedRole::Standby || r.disqualified() {
         return Err(format!("{uid} is not a healthy standby"));
     }
     if force {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::lsn::Lsn;
+use crate::report::ErrorKind;
 use crate::spec::OnPostgresCrash;
 use proptest::prelude::*;
 
@@ -55,6 +56,7 @@ impl Cluster {
     fn broken(mut self, uid: &str) -> Self {
         let mut r = report(uid);
         r.error = Some("bad password file".into());
+        r.error_kind = ErrorKind::Fatal;
         self.view.keepers.insert(uid.into(), r);
         self
     }
@@ -329,6 +331,7 @@ fn arb_report() -> impl Strategy<Value = KeeperReport> {
             r.current_lsn = Some(Lsn(lsn));
             r.timeline = 1;
             r.error = err.then(|| "broken".to_string());
+            r.error_kind = ErrorKind::Fatal;
             r
         })
 }
@@ -436,6 +439,34 @@ fn primary_of(d: &Decision) -> Option<&str> {
 }
 
 #[test]
+fn a_member_gone_past_member_slots_ttl_has_its_slots_released_until_it_returns() {
+    let gone_since = |c: &mut Cluster, mins: u64| {
+        c.view.keepers.remove("c");
+        c.view.now_ms = 10_000_000;
+        let since = c.view.now_ms - mins * 60_000;
+        c.view.status.unhealthy_since.insert("c".into(), since);
+    };
+    let mut c = running().standby("b", 0x1000).standby("c", 0x1000);
+    gone_since(&mut c, 29);
+    let d = c.decide();
+    assert!(d.next.slots_released.is_empty(), "{:?}", d.next);
+    let mut c = running().standby("b", 0x1000).standby("c", 0x1000);
+    gone_since(&mut c, 31);
+    let d = c.decide();
+    assert_eq!(d.next.slots_released, ["c"]);
+    assert!(d.next.members.contains_key("c"), "it stays listed as gone");
+    assert_eq!(
+        d.next.generation, c.view.status.generation,
+        "no role changed"
+    );
+    // Back and healthy: its slots are kept again.
+    let mut back = running().standby("b", 0x1000).standby("c", 0x1000);
+    back.view.status = d.next.clone();
+    let d = back.decide();
+    assert!(d.next.slots_released.is_empty(), "{:?}", d.next);
+}
+
+#[test]
 fn dead_primary_is_replaced_by_the_most_advanced_standby() {
     let d = running()
         .standby("b", 0x2000)
@@ -523,7 +554,10 @@ fn ineligible_standbys_are_never_promoted() {
         (|r: &mut KeeperReport| r.nofailover = true) as fn(&mut KeeperReport),
         |r| r.timeline = 0,
         |r| r.healthy = false,
-        |r| r.error = Some("x".into()),
+        |r| {
+            r.error = Some("x".into());
+            r.error_kind = ErrorKind::Fatal;
+        },
         |r| r.role = ObservedRole::Stopped,
     ] {
         let d = running()
@@ -534,6 +568,42 @@ fn ineligible_standbys_are_never_promoted() {
             .decide();
         assert_eq!(primary_of(&d), Some("c"));
     }
+}
+
+#[test]
+fn a_transient_error_never_blocks_a_failover() {
+    // Every standby reports a transient error (a parameter postgres
+    // rejected, a failed config write): the most advanced is still promoted.
+    let transient = |r: &mut KeeperReport| {
+        r.error = Some("postgres action WriteConfig: no space left on device".into());
+        r.error_kind = ErrorKind::Transient;
+    };
+    let d = running()
+        .standby("b", 0x9000)
+        .standby("c", 0x1000)
+        .tweak("b", transient)
+        .tweak("c", transient)
+        .primary_gone()
+        .decide();
+    assert_eq!(primary_of(&d), Some("b"));
+    // A fatal one does.
+    let d = running()
+        .standby("b", 0x9000)
+        .tweak("b", |r| {
+            r.error = Some("pg_basebackup: directory is not empty".into());
+            r.error_kind = ErrorKind::Fatal;
+        })
+        .primary_gone()
+        .decide();
+    assert_eq!(d.reason, Reason::NoCandidate { uid: "a".into() });
+}
+
+#[test]
+fn a_transient_error_does_not_keep_a_keeper_from_being_the_first_primary() {
+    let mut c = cluster().fresh("a");
+    c.view.keepers.get_mut("a").unwrap().error = Some("connection refused".into());
+    let d = c.decide();
+    assert_eq!(d.reason, Reason::InitialPrimary { uid: "a".into() });
 }
 
 #[test]

@@ -64,6 +64,14 @@ fn node_metrics(e: &mut Exposition, node: &[(&str, &str)], inputs: &Inputs<'_>) 
         let on = report.is_some_and(|r| r.role == role);
         e.sample(&[node, &[("role", name)]].concat(), flag(on));
     }
+    e.family(
+        "pgwarden_slot_retained_wal_bytes",
+        Kind::Gauge,
+        "WAL bytes each replication slot on this node holds back (bounded by max_slot_wal_keep_size).",
+    );
+    for (slot, bytes) in local.map(|l| &l.slot_retained_bytes).into_iter().flatten() {
+        e.sample(&[node, &[("slot", slot.as_str())]].concat(), bytes);
+    }
     let passes = |check| health::evaluate(check, inputs).ok;
     e.gauge(
         "pgwarden_primary",

@@ -1,13 +1,14 @@
 //! `ctl restart` and `ctl reinit`: per-node requests the keepers carry out,
 //! and the rolling restart (standbys first, then a switchover, then the old
-//! primary) that ctl orchestrates from them.
+//! primary) that ctl orchestrates from them. `ctl remove`: forgetting a
+//! member that is gone for good.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pgwarden_core::spec::{NodeAction, NodeRequest, RequestKind};
-use pgwarden_core::{Assignment, ObservedRole};
-use pgwarden_store::Store;
+use pgwarden_core::{keys, Assignment, ObservedRole};
+use pgwarden_store::{CasOutcome, Store};
 
 use super::role_change::{self, Ask};
 use super::{confirm, load_initialised, now_ms, update_spec};
@@ -86,6 +87,48 @@ pub async fn reinit(store: &Store, uid: String, yes: bool) -> anyhow::Result<()>
     request(store, &uid, NodeAction::Reinit).await?;
     println!("{uid} re-cloned from the primary and streaming");
     Ok(())
+}
+
+/// `ctl remove UID`: forgets a member that is gone for good. It leaves
+/// `ctl status`, and every node drops the replication slots kept for it.
+/// Refused, changing nothing, for the primary and for a live member.
+pub async fn remove(store: &Store, uid: String, yes: bool) -> anyhow::Result<()> {
+    let mut asked = false;
+    for _ in 0..5 {
+        let snap = load_initialised(store).await?;
+        let live_at = snap
+            .keepers
+            .get(&uid)
+            .map(|r| format!("{}:{}", r.pg_host, r.pg_port));
+        let next = snap.status.without_member(&uid, live_at.as_deref())?;
+        if !asked {
+            confirm(
+                &format!("forget member {uid} and drop its replication slots on every node?"),
+                yes,
+            )?;
+            asked = true;
+        }
+        match store
+            .cas(
+                keys::STATUS,
+                next.to_json(),
+                snap.status_revision,
+                &[],
+                None,
+            )
+            .await
+            .context("write the cluster status")?
+        {
+            CasOutcome::Written { .. } => {
+                let _ = store.delete(&keys::handled(&uid)).await;
+                println!("{uid} removed: its replication slots are dropped on every node");
+                return Ok(());
+            }
+            // The sentinel wrote meanwhile: check again on the new status.
+            CasOutcome::Conflict => continue,
+        }
+    }
+    bail!("the cluster status kept changing: {uid} not removed; try again")
 }
 
 fn check_member(snap: &Snapshot, uid: &str) -> anyhow::Result<()> {

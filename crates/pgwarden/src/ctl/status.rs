@@ -34,6 +34,9 @@ pub struct StatusJson {
     pub sync_standbys: Vec<String>,
     /// Strict mode and no synchronous standby confirms commits: they wait.
     pub writes_blocked: bool,
+    /// A spec or status in etcd that cannot be used (every role carries on
+    /// with its last good copy): what is wrong and how to fix it.
+    pub store_problems: Vec<String>,
 }
 
 /// One keeper in `ctl status --output json`.
@@ -129,25 +132,49 @@ pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
         writes_blocked: snap.spec.as_ref().is_some_and(|spec| {
             pgwarden_core::decide::sync::writes_blocked(spec, &snap.status, &snap.keepers)
         }),
+        store_problems: [&snap.spec_problem, &snap.status_problem]
+            .into_iter()
+            .flatten()
+            .map(|p| p.to_string())
+            .collect(),
     }
 }
 
-/// Renders the table people read.
+/// A store string made safe for a terminal: control characters (an
+/// escape sequence, a newline forging a row) are shown escaped.
+fn esc(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+/// Renders the table people read. Every string from the store goes
+/// through [`esc`].
 pub fn table(cluster: &str, snap: &Snapshot) -> String {
     let j = to_json(cluster, snap);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "cluster {}  generation {}  primary {}{}",
-        j.cluster,
+        esc(&j.cluster),
         j.generation,
-        j.primary.as_deref().unwrap_or("(none)"),
+        esc(j.primary.as_deref().unwrap_or("(none)")),
         if j.paused {
             "  PAUSED (no automatic failover)"
         } else {
             ""
         }
     );
+    for problem in &j.store_problems {
+        let _ = writeln!(out, "PROBLEM: {}", esc(problem));
+    }
     let _ = writeln!(
         out,
         "{:<12} {:<8} {:<12} {:<8} {:>3} {:<14} {:>10}  {:<21} NOTE",
@@ -164,16 +191,16 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
         let _ = writeln!(
             out,
             "{:<12} {:<8} {:<12} {:<8} {:>3} {:<14} {:>10}  {:<21} {}",
-            m.uid,
+            esc(&m.uid),
             m.role,
             state,
             if m.healthy { "yes" } else { "no" },
             m.timeline,
             m.lsn.as_deref().unwrap_or("-"),
             m.lag_bytes.map_or("-".to_string(), |l| l.to_string()),
-            m.pg_address.as_deref().unwrap_or("-"),
+            esc(m.pg_address.as_deref().unwrap_or("-")),
             match (&m.error, m.pending_restart) {
-                (Some(e), _) => e.clone(),
+                (Some(e), _) => esc(e),
                 (None, true) => "pending restart".to_string(),
                 (None, false) => String::new(),
             }
@@ -185,7 +212,7 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
             "proxies: {}",
             j.proxies
                 .iter()
-                .map(|p| format!("{}@{}", p.id, p.generation))
+                .map(|p| format!("{}@{}", esc(&p.id), p.generation))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -193,8 +220,9 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
     if let Some(old) = &j.deposed {
         let _ = writeln!(
             out,
-            "FAILOVER IN PROGRESS: {old} deposed, promoting {}",
-            j.target.as_deref().unwrap_or("the best standby")
+            "FAILOVER IN PROGRESS: {} deposed, promoting {}",
+            esc(old),
+            esc(j.target.as_deref().unwrap_or("the best standby"))
         );
     }
     if j.sync_mode != pgwarden_core::spec::SyncMode::Off {
@@ -215,7 +243,7 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
         );
     }
     if let Some(outcome) = &j.request_outcome {
-        let _ = writeln!(out, "last request: {outcome}");
+        let _ = writeln!(out, "last request: {}", esc(outcome));
     }
     let recent: Vec<_> = snap.status.history.iter().rev().take(5).collect();
     if !recent.is_empty() {
@@ -227,9 +255,9 @@ pub fn table(cluster: &str, snap: &Snapshot) -> String {
             "  {}  gen {:<4} {} -> {}  {}",
             format_time(h.at_ms),
             h.generation,
-            h.old_primary.as_deref().unwrap_or("-"),
-            h.new_primary.as_deref().unwrap_or("-"),
-            h.reason
+            esc(h.old_primary.as_deref().unwrap_or("-")),
+            esc(h.new_primary.as_deref().unwrap_or("-")),
+            esc(&h.reason)
         );
     }
     out
@@ -275,6 +303,8 @@ mod tests {
             keepers: BTreeMap::from([("a".into(), a), ("b".into(), b)]),
             primary_holder: Some("a".into()),
             proxies: BTreeMap::from([("p1".into(), 2)]),
+            spec_problem: None,
+            status_problem: None,
         }
     }
 
@@ -314,6 +344,17 @@ mod tests {
         assert_eq!(v["members"][0]["lag_bytes"], 0);
         assert_eq!(v["proxies"][0]["id"], "p1");
         assert_eq!(v["proxies"][0]["generation"], 2);
+    }
+
+    #[test]
+    fn control_characters_from_the_store_are_escaped() {
+        let mut snap = snapshot();
+        let b = snap.keepers.get_mut("b").unwrap();
+        b.error = Some("boom\x1b[2J\nFAKE primary yes".into());
+        let text = table("main", &snap);
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(text.contains("boom\\u{1b}[2J\\nFAKE"), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("FAKE")), "{text}");
     }
 
     #[test]

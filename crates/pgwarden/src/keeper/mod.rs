@@ -10,6 +10,7 @@ pub mod config;
 mod divergence;
 mod node;
 mod primary_lease;
+mod uid_claim;
 pub mod watchdog;
 
 use std::time::Duration;

@@ -11,12 +11,11 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::Context;
 use pgwarden_core::decide::sync::render_sync_names;
 use pgwarden_core::plan::Target;
 use pgwarden_core::spec::{NodeAction, OnPostgresCrash};
 use pgwarden_core::{
-    keys, plan, Assignment, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
+    keys, plan, Assignment, ErrorKind, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
 };
 use pgwarden_pg::{ConnParams, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf};
 use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store};
@@ -26,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::KeeperConfig;
 use super::divergence::DivergenceCheck;
 use super::primary_lease::{PostmasterPid, PrimaryLease};
+use super::uid_claim::{self, UidClaim};
 use super::watchdog::Watchdog;
 use super::TICK;
 use crate::view;
@@ -43,6 +43,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Plan-execute rounds per tick before the tick gives way.
 const MAX_PLAN_ROUNDS: usize = 4;
+/// The `max_slot_wal_keep_size` every node runs with unless the spec's
+/// pg_parameters set another (`-1` turns the guard off).
+pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
 /// How long a keeper whose primary postgres crashed waits for the sentinel's
 /// verdict before restarting it in place. The sentinel reacts to the report
 /// within milliseconds; this bounds the outage when no standby is eligible.
@@ -65,6 +68,8 @@ pub struct LocalState {
     /// The primary lease's renewals since this keeper started (live counts,
     /// shared by every primary lease it held).
     pub lease_renewals: Renewals,
+    /// WAL bytes each replication slot on this node retains.
+    pub slot_retained_bytes: std::collections::BTreeMap<String, u64>,
 }
 
 pub struct Node {
@@ -73,8 +78,20 @@ pub struct Node {
     watchdog: Watchdog,
     /// The last node request (restart, reinit) carried out.
     handled_node_request: u64,
-    /// The pg_parameters postgres last accepted.
+    /// The pg_parameters postgres last accepted: the last good set.
     checked_parameters: Option<std::collections::BTreeMap<String, String>>,
+    /// The spec's pg_parameters postgres rejected, and why: while the spec
+    /// carries them, the last good set is rendered instead and the report
+    /// says so.
+    rejected_parameters: Option<(std::collections::BTreeMap<String, String>, String)>,
+    /// Whether `last_error` disqualifies this node from promotion.
+    last_error_kind: ErrorKind,
+    /// WAL bytes each replication slot retains, as last observed.
+    slot_retained: std::collections::BTreeMap<String, u64>,
+    /// Retryable pg_rewind failures in a row.
+    rewind_failures: u32,
+    /// No pg_rewind before this instant, and why.
+    rewind_retry: Option<(tokio::time::Instant, String)>,
     /// Postgres reports parameters waiting for a restart.
     pending_restart: bool,
     /// synchronous_standby_names the status asks of this node as primary.
@@ -113,6 +130,15 @@ pub struct Node {
     warned_store: bool,
     /// Watches a standby that stopped streaming for a fork it cannot follow.
     divergence: DivergenceCheck,
+    /// This run's instance token, in every report.
+    instance: String,
+    /// This process's hold on `keepers/<uid>`; `None` until claimed.
+    claim: Option<UidClaim>,
+    /// Another keeper took this uid: the keeper stops.
+    uid_lost: Option<uid_claim::ClaimError>,
+    /// The spec and status last read whole, used while the store holds
+    /// copies that cannot be read.
+    last_good: view::LastGood,
 }
 
 /// What one observation found, beyond what `plan` needs.
@@ -134,6 +160,11 @@ impl Node {
             local,
             handled_node_request: 0,
             checked_parameters: None,
+            rejected_parameters: None,
+            last_error_kind: ErrorKind::Transient,
+            slot_retained: std::collections::BTreeMap::new(),
+            rewind_failures: 0,
+            rewind_retry: None,
             pending_restart: false,
             sync_names: String::new(),
             sync_observed: None,
@@ -157,13 +188,55 @@ impl Node {
             postmaster_pid: PostmasterPid::default(),
             warned_store: false,
             divergence: DivergenceCheck::default(),
+            instance: uid_claim::new_instance(),
+            claim: None,
+            uid_lost: None,
+            last_good: view::LastGood::default(),
         }
     }
 
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         let report_ttl = self.initial_spec().await.keeper_report_ttl.0;
         let report_lease = LeaseKeeper::spawn(self.store.clone(), report_ttl, cancel.child_token());
-        let lease_state = report_lease.state();
+        let mut lease_state = report_lease.state();
+        if let Ok(snap) = view::load(&self.store).await {
+            let others = snap.status.members.keys().chain(snap.keepers.keys());
+            if let Some(why) = uid_claim::slot_collision(&self.cfg.uid, others.map(String::as_str))
+            {
+                report_lease.release().await;
+                anyhow::bail!(why);
+            }
+        }
+        // Claim the uid before touching postgres: a second keeper with a
+        // live keeper's uid must not clone, start or promote anything.
+        let claimed = async {
+            let id = loop {
+                if let Some(id) = lease_state.borrow().id {
+                    break id;
+                }
+                if lease_state.changed().await.is_err() {
+                    anyhow::bail!("the report lease task stopped");
+                }
+            };
+            Ok(UidClaim::claim(&self.store, &self.report(None), id, report_ttl).await?)
+        };
+        let claim = tokio::select! {
+            _ = cancel.cancelled() => {
+                report_lease.release().await;
+                return Ok(());
+            }
+            c = claimed => c,
+        };
+        match claim {
+            Ok(c) => {
+                self.claim = Some(c);
+                self.handled_node_request = self.load_handled_request().await;
+            }
+            Err(e) => {
+                report_lease.release().await;
+                return Err(e);
+            }
+        }
         let mut status_changes = self.store.watch_prefix(keys::STATUS, cancel.child_token());
         tracing::info!(data_dir = %self.cfg.data_dir.display(), "keeper started");
         let result = loop {
@@ -171,7 +244,13 @@ impl Node {
                 if e.downcast_ref::<pgwarden_core::PlanError>().is_some() {
                     break Err(e);
                 }
+                let kind = error_kind(&e);
                 self.note_error(format!("{e:#}"));
+                self.last_error_kind = kind;
+            }
+            if let Some(lost) = self.uid_lost.take() {
+                break Err(anyhow::Error::new(lost)
+                    .context("another keeper took this keeper's uid; stopping"));
             }
             let exited = async {
                 match &self.postmaster {
@@ -194,27 +273,34 @@ impl Node {
     async fn initial_spec(&mut self) -> Spec {
         loop {
             match view::load(&self.store).await {
-                Ok(snap) => return snap.spec.unwrap_or_default(),
+                Ok(mut snap) => {
+                    // An unreadable spec: wait (patch logs why, once).
+                    if self.last_good.patch(&mut snap) {
+                        return snap.spec.unwrap_or_default();
+                    }
+                }
                 Err(e) => {
                     if !self.warned_store {
                         tracing::warn!(error = %e, "cannot read the cluster from etcd; retrying");
                         self.warned_store = true;
                     }
-                    tokio::time::sleep(TICK).await;
                 }
             }
+            tokio::time::sleep(TICK).await;
         }
     }
 
+    /// Records a transient error for the report, logging it once.
     fn note_error(&mut self, message: String) {
         if self.last_error.as_deref() != Some(&message) {
             tracing::warn!("{message}");
         }
         self.last_error = Some(message);
+        self.last_error_kind = ErrorKind::Transient;
     }
 
     async fn tick(&mut self, lease: &watch::Receiver<LeaseState>) -> anyhow::Result<()> {
-        let snap = match view::load(&self.store).await {
+        let mut snap = match view::load(&self.store).await {
             Ok(s) => {
                 if self.warned_store {
                     tracing::info!("etcd reachable again");
@@ -230,6 +316,15 @@ impl Node {
                 return Ok(());
             }
         };
+        if !self.last_good.patch(&mut snap) {
+            // Unreadable and no good copy yet: postgres keeps its role.
+            let problem = snap.spec_problem.as_ref().or(snap.status_problem.as_ref());
+            if let Some(p) = problem {
+                self.last_error = Some(format!("{p}; waiting"));
+            }
+            self.publish(lease, None).await;
+            return Ok(());
+        }
         let Some(spec) = snap.spec else {
             self.note_error(format!(
                 "cluster {} is not initialised: run `pgwarden ctl init`; waiting",
@@ -306,6 +401,7 @@ impl Node {
                 tracing::info!(id = r.id, action = ?r.action, "operator request carried out");
                 self.handled_node_request = r.id;
                 target.node_request = None;
+                self.record_handled_request(r.id).await;
             }
             obs = self.observe(&spec, &status, assignment.as_ref()).await?;
             if failed.is_some() {
@@ -314,6 +410,14 @@ impl Node {
         }
         let pg = obs.pg;
         self.sync_observed = self.observe_sync(pg.as_ref()).await;
+        self.slot_retained = match (&self.client, &pg) {
+            (Some(c), Some(_)) => c
+                .slot_retained_wal()
+                .await
+                .map(|v| v.into_iter().collect())
+                .unwrap_or_default(),
+            _ => std::collections::BTreeMap::new(),
+        };
         self.pending_restart = match (&self.client, &pg) {
             (Some(c), Some(_)) => c
                 .query_one_string(
@@ -340,6 +444,34 @@ impl Node {
         match failed {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// The last node request a previous run of this keeper carried out.
+    async fn load_handled_request(&self) -> u64 {
+        match self.store.get(&keys::handled(&self.cfg.uid)).await {
+            Ok(Some(v)) => std::str::from_utf8(&v.value)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0),
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which node request was last carried out; a pending one may be repeated");
+                0
+            }
+        }
+    }
+
+    /// Records in the store that node request `id` was carried out, so that
+    /// a restarted keeper does not repeat it (a reinit would wipe again).
+    async fn record_handled_request(&self, id: u64) {
+        let key = keys::handled(&self.cfg.uid);
+        if let Err(e) = self
+            .store
+            .put(&key, id.to_string().into_bytes(), None)
+            .await
+        {
+            tracing::warn!(error = %e, id, "cannot record the carried-out node request in etcd; a restart of this keeper may repeat it");
         }
     }
 
@@ -377,7 +509,7 @@ impl Node {
             max_replication_slots: 10,
             wal_keep_size_mb: 128,
             parameters: {
-                let mut p = spec.pg_parameters.clone();
+                let mut p = self.effective_parameters(spec);
                 // A standby confirms its flush position at least every
                 // second, so commits waiting for a synchronous standby are
                 // released promptly when the sync set changes (postgres'
@@ -388,6 +520,11 @@ impl Node {
                     .or_insert_with(|| "1s".into());
                 p.entry("wal_receiver_status_interval".into())
                     .or_insert_with(|| "1s".into());
+                // A slot of a member that never comes back must not fill the
+                // disk: past this, postgres invalidates the slot (the member
+                // then re-clones) instead of keeping WAL for ever.
+                p.entry("max_slot_wal_keep_size".into())
+                    .or_insert_with(|| DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.into());
                 if matches!(assignment, Some(Assignment::Primary)) && !self.sync_names.is_empty() {
                     p.insert("synchronous_standby_names".into(), self.sync_names.clone());
                 }
@@ -430,15 +567,46 @@ impl Node {
     /// Lets postgres itself check the spec's parameters before they are
     /// written, once per distinct set: a value postgres rejects would stop
     /// it from starting at its next restart.
-    async fn check_parameters(&mut self, spec: &Spec) -> anyhow::Result<()> {
-        if self.checked_parameters.as_ref() == Some(&spec.pg_parameters) {
-            return Ok(());
+    ///
+    /// A rejected set is not an error of the node: postgres is configured
+    /// (and started) with the last good set, and the report says so, so that
+    /// one bad value never stops a node or a failover.
+    async fn check_parameters(&mut self, spec: &Spec) {
+        let set = &spec.pg_parameters;
+        if self.checked_parameters.as_ref() == Some(set)
+            || self
+                .rejected_parameters
+                .as_ref()
+                .is_some_and(|(r, _)| r == set)
+        {
+            return;
         }
-        pgwarden_pg::check_parameters(&self.bins, &spec.pg_parameters)
-            .await
-            .context("the spec's pg_parameters (fix them with `pgwarden ctl spec set`; the current configuration stays)")?;
-        self.checked_parameters = Some(spec.pg_parameters.clone());
-        Ok(())
+        match pgwarden_pg::check_parameters(&self.bins, set).await {
+            Ok(()) => {
+                self.checked_parameters = Some(set.clone());
+                self.rejected_parameters = None;
+            }
+            Err(e) => {
+                let why = format!(
+                    "postgres rejects the spec's pg_parameters ({:#}): running with the last good configuration; fix them with `pgwarden ctl spec set pg_parameters.NAME=VALUE`",
+                    anyhow::Error::new(e)
+                );
+                tracing::error!("{why}");
+                self.rejected_parameters = Some((set.clone(), why));
+            }
+        }
+    }
+
+    /// The pg_parameters to render: the spec's, unless postgres rejected
+    /// them; then the last set it accepted (none, if it accepted none since
+    /// this keeper started).
+    fn effective_parameters(&self, spec: &Spec) -> std::collections::BTreeMap<String, String> {
+        match &self.rejected_parameters {
+            Some((rejected, _)) if *rejected == spec.pg_parameters => {
+                self.checked_parameters.clone().unwrap_or_default()
+            }
+            _ => spec.pg_parameters.clone(),
+        }
     }
 
     /// Records the running postmaster for the fencer and the watchdog.
@@ -466,7 +634,7 @@ impl Node {
             }
         }
         match &self.primary_lease {
-            Some(l) => l.try_hold().await,
+            Some(l) => l.try_hold(self.claim.as_ref()).await,
             None => false,
         }
     }
@@ -480,14 +648,16 @@ impl Node {
             generation: self.generation,
             lease_valid_until,
             lease_renewals: self.lease_renewals.clone(),
+            slot_retained_bytes: self.slot_retained.clone(),
         }));
         let Some(id) = lease.borrow().id else { return };
-        if let Err(e) = self
-            .store
-            .put(&keys::keeper(&self.cfg.uid), report.to_json(), Some(id))
-            .await
-        {
-            tracing::debug!(error = %e, "cannot publish the report");
+        let Some(claim) = self.claim.as_mut() else {
+            return;
+        };
+        match claim.publish(&self.store, &report, id).await {
+            Ok(()) => {}
+            Err(e @ uid_claim::ClaimError::Taken { .. }) => self.uid_lost = Some(e),
+            Err(e) => tracing::debug!(error = %e, "cannot publish the report"),
         }
     }
 
@@ -515,7 +685,17 @@ impl Node {
             r.replica_flush = o.flush.clone();
         }
         r.system_id = self.system_id;
-        r.error = self.last_error.clone();
+        r.error = self.last_error.clone().or_else(|| {
+            self.rejected_parameters
+                .as_ref()
+                .map(|(_, why)| why.clone())
+        });
+        r.error_kind = if self.last_error.is_some() {
+            self.last_error_kind
+        } else {
+            ErrorKind::Transient
+        };
+        r.instance = self.instance.clone();
         r.role = if self.initializing {
             ObservedRole::Initializing
         } else {
@@ -556,19 +736,25 @@ impl Node {
     }
 }
 
-/// One slot per member that streams from this node.
+/// Whether an error is one no retry can fix (a human must act), which takes
+/// the node out of the running for promotion; anything else is transient.
+fn error_kind(e: &anyhow::Error) -> ErrorKind {
+    let fatal = e.chain().any(|c| {
+        c.downcast_ref::<pgwarden_pg::PgError>()
+            .is_some_and(pgwarden_pg::PgError::is_fatal)
+    });
+    if fatal {
+        ErrorKind::Fatal
+    } else {
+        ErrorKind::Transient
+    }
+}
+
+/// One slot per member that streams from this node (or would, were it
+/// promoted), except members gone past `member_slots_ttl`.
 fn wanted_slots(status: &Status, uid: &str) -> BTreeSet<String> {
-    let primary = matches!(status.members.get(uid), Some(Assignment::Primary));
     status
-        .members
-        .iter()
-        .filter(|(u, a)| match a {
-            // The primary: its standbys. A standby: its peers, which would
-            // follow it if it were promoted.
-            Assignment::Standby { follow, .. } if primary => follow == uid,
-            Assignment::Standby { .. } => u.as_str() != uid,
-            Assignment::Primary => false,
-        })
-        .map(|(u, _)| pgwarden_pg::slot_name(u))
+        .slot_holders(uid)
+        .map(pgwarden_pg::slot_name)
         .collect()
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use pgwarden_core::{keys, timing};
 use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store, StoreOptions};
 
+use super::uid_claim::UidClaim;
 use super::watchdog::Watchdog;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -94,7 +95,13 @@ impl PrimaryLease {
 
     /// Makes sure the `primary` key names this keeper under the current,
     /// locally valid lease. True when it does.
-    pub async fn try_hold(&self) -> bool {
+    ///
+    /// The key may name this uid under another lease: an earlier run of this
+    /// keeper that died, or a second process given the same uid. It is taken
+    /// over only while `claim` proves that this process alone runs under the
+    /// uid (see [`UidClaim`]): then the other lease's holder is dead and the
+    /// lease merely not expired yet.
+    pub async fn try_hold(&self, claim: Option<&UidClaim>) -> bool {
         // Only before the fencing deadline: past it the fencer kills postgres,
         // so starting it would make a writable node nothing fences any more.
         let mut rx = self.lease.state();
@@ -117,7 +124,17 @@ impl PrimaryLease {
                 Ok(Some(v)) if v.value == me && v.lease == id => true,
                 Ok(Some(v)) if v.value == me => {
                     // Ours under an older lease of a previous run of this
-                    // keeper: move it to the current lease, atomically.
+                    // keeper: move it to the current lease, atomically. Only
+                    // with proof that the previous run is gone: otherwise
+                    // wait for its lease to expire.
+                    let proven = match claim {
+                        Some(c) => c.still_ours(&self.store).await,
+                        None => false,
+                    };
+                    if !proven {
+                        tracing::debug!("the primary key names this uid under a lease of another process: waiting for it to expire");
+                        return false;
+                    }
                     matches!(
                         self.store
                             .cas(keys::PRIMARY, me, v.mod_revision, &[], Some(id))

@@ -30,7 +30,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use pgwarden_core::route::{route, Routes};
 use pgwarden_core::timing;
 use pgwarden_core::{keys, Status};
@@ -67,6 +67,9 @@ pub struct Control {
     publish_failures: u32,
     /// The older generation last warned about, to warn once per generation.
     ignored_generation: Option<u64>,
+    /// The spec and status last read whole: routing carries on with them
+    /// while the store holds copies that cannot be read.
+    last_good: view::LastGood,
 }
 
 impl Control {
@@ -90,11 +93,12 @@ impl Control {
             read_failures: 0,
             publish_failures: 0,
             ignored_generation: None,
+            last_good: view::LastGood::default(),
         }
     }
 
-    /// Runs until `cancel`; fails only when the cluster is not usable at
-    /// start-up (not initialised, or its spec or status unreadable).
+    /// Runs until `cancel`; fails only when the cluster is not initialised
+    /// at start-up (an unreadable spec or status is waited out).
     pub async fn run(mut self, cancel: &CancellationToken) -> anyhow::Result<()> {
         let mut changes = self.store.watch_prefix("", cancel.child_token());
         if !self.first_read(cancel).await? {
@@ -150,7 +154,16 @@ impl Control {
         loop {
             let sent = Instant::now();
             match view::load(&self.store).await {
-                Ok(snap) => {
+                Ok(mut snap) => {
+                    if !self.last_good.patch(&mut snap) {
+                        // Unreadable, and no good copy yet: wait (patch
+                        // logged why).
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(false),
+                            _ = tokio::time::sleep(TICK) => {}
+                        }
+                        continue;
+                    }
                     let Some(spec) = &snap.spec else {
                         bail!(
                             "cluster {:?} is not initialised in etcd at {}: run `pgwarden ctl init` first (or check --cluster-name)",
@@ -163,7 +176,6 @@ impl Control {
                     return Ok(true);
                 }
                 Err(ViewError::Store(e)) => self.read_failed(&e),
-                Err(e) => return Err(e).context("read the cluster"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(false),
@@ -181,7 +193,12 @@ impl Control {
         };
         let sent = Instant::now();
         match before(bound, view::load(&self.store)).await {
-            Some(Ok(snap)) => {
+            Some(Ok(mut snap)) => {
+                if !self.last_good.patch(&mut snap) {
+                    // Not usable and no good copy: as if the read failed.
+                    self.enforce(lease).await;
+                    return;
+                }
                 if self.read_failures > 0 {
                     tracing::info!(
                         failures = self.read_failures,

@@ -127,7 +127,7 @@ fn eligible(
 ) -> Result<(), &'static str> {
     let checks: [(bool, &'static str); 9] = [
         (r.uid != old, "it is the deposed primary"),
-        (r.error.is_none(), "its keeper reports an error"),
+        (!r.disqualified(), "its keeper reports a fatal error"),
         (r.healthy, "it is not healthy"),
         (
             r.role == ObservedRole::Standby,

@@ -25,6 +25,7 @@ fn primary(now: Instant, lease_left: Option<Duration>) -> LocalState {
         generation: 4,
         lease_valid_until: lease_left.map(|d| now + d),
         lease_renewals: pgwarden_store::Renewals::default(),
+        slot_retained_bytes: Default::default(),
     }
 }
 
@@ -39,6 +40,7 @@ fn standby(replay: u64, receive: u64) -> LocalState {
         generation: 4,
         lease_valid_until: None,
         lease_renewals: pgwarden_store::Renewals::default(),
+        slot_retained_bytes: Default::default(),
     }
 }
 

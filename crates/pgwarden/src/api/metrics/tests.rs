@@ -26,6 +26,7 @@ fn standby_state() -> LocalState {
         generation: 3,
         lease_valid_until: None,
         lease_renewals: pgwarden_store::Renewals::default(),
+        slot_retained_bytes: Default::default(),
     }
 }
 
@@ -66,6 +67,8 @@ fn snapshot() -> Snapshot {
         keepers: BTreeMap::from([("k1".into(), k1), ("k2".into(), standby_state().report)]),
         primary_holder: Some("k1".into()),
         proxies: BTreeMap::new(),
+        spec_problem: None,
+        status_problem: None,
     }
 }
 
@@ -194,6 +197,7 @@ fn primary_state(now: Instant) -> LocalState {
         generation: 3,
         lease_valid_until: Some(now + Duration::from_secs(4)),
         lease_renewals: pgwarden_store::Renewals::default(),
+        slot_retained_bytes: Default::default(),
     }
 }
 
@@ -338,4 +342,29 @@ fn decisions_counted_and_the_last_role_changes_timed() {
         ),
         "no failover in the history: left out"
     );
+}
+
+#[test]
+fn wal_retained_per_slot() {
+    let now = Instant::now();
+    let mut local = primary_state(now);
+    local.slot_retained_bytes = BTreeMap::from([
+        ("pgwarden_k2".to_string(), 16_777_216),
+        ("pgwarden_k3".to_string(), 0),
+    ]);
+    let m = parse(&render(
+        "main",
+        "k1",
+        &inputs_for(&local, now),
+        &Counts::default(),
+        None,
+    ));
+    let slot = |s: &str| {
+        m.get(&format!(
+            "pgwarden_slot_retained_wal_bytes{{cluster=\"main\",uid=\"k1\",slot=\"{s}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(slot("pgwarden_k2"), Some(16_777_216.0));
+    assert_eq!(slot("pgwarden_k3"), Some(0.0));
 }

@@ -1,10 +1,14 @@
 //! Carrying out the plan's actions on postgres: initdb, clones, rewinds,
 //! starts and stops, slots and roles.
 
-use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use pgwarden_core::rewind::{
+    classify_rewind_failure, reclone_step, rewind_retry_after, RecloneStep, RewindFailure,
+};
 use pgwarden_core::{Assignment, ObservedRole, PgAction, Spec};
 use pgwarden_pg::{PgClient, Postmaster};
 
@@ -44,17 +48,19 @@ impl Node {
             }
             PgAction::Rewind { host, port } => self.rewind(spec, host, *port).await?,
             PgAction::WriteConfig => {
-                self.check_parameters(spec).await?;
+                self.check_parameters(spec).await;
                 let standby = matches!(assignment, Some(Assignment::Standby { .. }));
                 let conf = pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment));
                 pgwarden_pg::write_file_atomic(&dir.join("postgresql.conf"), &conf, 0o600)?;
                 pgwarden_pg::write_file_atomic(&dir.join("pg_hba.conf"), &self.hba(spec), 0o600)?;
+                clean_auto_conf(&dir)?;
                 if standby {
                     pgwarden_pg::set_standby_signal(&dir, true)?;
                 }
                 tracing::info!(standby, "postgres: configuration written");
             }
             PgAction::Start => {
+                clean_auto_conf(&dir)?;
                 tracing::info!("postgres: starting");
                 let pm = Postmaster::spawn(&self.bins, &dir, None)?;
                 self.set_postmaster_pid(pm.pid());
@@ -168,12 +174,52 @@ impl Node {
     /// Rewinds onto the primary's timeline; when that fails and the spec
     /// allows, re-clones (the data is this cluster's: plan checked the system
     /// identifier).
+    /// pg_rewind onto `host:port`. Only pg_rewind's own "cannot be rewound"
+    /// leads to a new copy (see [`pgwarden_core::rewind`]); any other failure
+    /// is retried with a growing pause and leaves the directory untouched.
     pub(super) async fn rewind(
         &mut self,
         spec: &Spec,
         host: &str,
         port: u16,
     ) -> anyhow::Result<()> {
+        let now = tokio::time::Instant::now();
+        if let Some((at, why)) = &self.rewind_retry {
+            if now < *at {
+                bail!(
+                    "pg_rewind onto {host}:{port} failed ({why}); next attempt in {}s; the data directory is untouched",
+                    at.saturating_duration_since(now).as_secs().max(1)
+                );
+            }
+        }
+        // Rewinding onto a source still being promoted is pointless: wait
+        // until it is on a newer timeline than this node's data.
+        let own = pgwarden_pg::controldata(&self.bins, &self.cfg.data_dir)
+            .await
+            .context("read this node's control data before pg_rewind")?
+            .timeline;
+        // Bounded as a whole: a source that accepts TCP but never answers
+        // (its postmaster stopped) would hold the keeper loop forever.
+        let params = self.conn_params(host, port);
+        let theirs = tokio::time::timeout(SOURCE_CHECK_TIMEOUT, async {
+            let c = PgClient::connect(&params).await?;
+            c.query_one_string("SELECT timeline_id::text FROM pg_control_checkpoint()")
+                .await
+        })
+        .await
+        .map_err(|_| format!("no answer within {}s", SOURCE_CHECK_TIMEOUT.as_secs()))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match theirs.map(|t| t.and_then(|t| t.parse::<u32>().ok())) {
+            Ok(Some(t)) if t > own => {}
+            Ok(t) => bail!(
+                "pg_rewind onto {host}:{port} waits: the source is on timeline {}, not past this node's {own} yet (still being promoted)",
+                t.map_or("?".to_string(), |t| t.to_string())
+            ),
+            Err(e) => {
+                let why = format!("cannot reach the source: {e}");
+                return Err(self.rewind_retry_later(why));
+            }
+        }
         let source = format!(
             "host={} port={} user={} dbname=postgres connect_timeout=5",
             host, port, self.cfg.su_username
@@ -191,19 +237,73 @@ impl Node {
         )
         .await;
         self.initializing = false;
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if spec.reclone_on_rewind_failure => {
-                tracing::warn!(error = %e, "pg_rewind failed: re-cloning from the primary (spec reclone_on_rewind_failure)");
-                clear_dir(&self.cfg.data_dir)?;
-                self.last_position = None;
-                self.system_id = None;
-                self.clone_from(host, port)
-                    .await
-                    .context("pg_basebackup after a failed rewind")
+        let e = match result {
+            Ok(()) => {
+                self.rewind_failures = 0;
+                self.rewind_retry = None;
+                return Ok(());
             }
-            Err(e) => Err(e).context("pg_rewind (re-cloning is off in the spec)"),
+            Err(e) => e,
+        };
+        if classify_rewind_failure(&e.to_string()) == RewindFailure::Retry {
+            return Err(self.rewind_retry_later(e.to_string()));
         }
+        if !spec.reclone_on_rewind_failure {
+            return Err(e).context("pg_rewind cannot rewind this data directory (re-cloning is off in the spec: set reclone_on_rewind_failure=true, or re-clone with `pgwarden ctl reinit`)");
+        }
+        let dir = self.cfg.data_dir.clone();
+        let step = match room_for_a_copy(&dir) {
+            Ok(room) => reclone_step(room, spec.reclone_may_destroy_data),
+            Err(why) => {
+                tracing::warn!("{why}");
+                reclone_step(false, spec.reclone_may_destroy_data)
+            }
+        };
+        match step {
+            RecloneStep::MoveAside => match move_aside(&dir) {
+                Ok(aside) => tracing::warn!(
+                    error = %e,
+                    aside = %aside.display(),
+                    "pg_rewind cannot rewind this data directory: moved it aside (the only copy kept; delete it once not needed) and re-cloning from the primary"
+                ),
+                Err(why) if spec.reclone_may_destroy_data => {
+                    tracing::warn!(error = %e, "pg_rewind cannot rewind this data directory and it cannot be moved aside ({why:#}): deleting it (spec reclone_may_destroy_data) and re-cloning");
+                    clear_dir(&dir)?;
+                }
+                Err(why) => {
+                    return Err(e).context(format!(
+                        "pg_rewind cannot rewind this data directory, and it cannot be moved aside to keep it ({why:#}): nothing deleted; free space or allow deletion with `pgwarden ctl spec set reclone_may_destroy_data=true`"
+                    ))
+                }
+            },
+            RecloneStep::Destroy => {
+                tracing::warn!(error = %e, "pg_rewind cannot rewind this data directory and there is no room to keep it: deleting it (spec reclone_may_destroy_data) and re-cloning");
+                clear_dir(&dir)?;
+            }
+            RecloneStep::Refuse(why) => {
+                return Err(e).context(format!(
+                    "pg_rewind cannot rewind this data directory; not re-cloning: {why}"
+                ))
+            }
+        }
+        self.last_position = None;
+        self.system_id = None;
+        self.rewind_failures = 0;
+        self.rewind_retry = None;
+        self.clone_from(host, port)
+            .await
+            .context("pg_basebackup after a failed rewind")
+    }
+
+    /// Schedules the next rewind attempt after a retryable failure.
+    fn rewind_retry_later(&mut self, why: String) -> anyhow::Error {
+        self.rewind_failures = self.rewind_failures.saturating_add(1);
+        let pause = rewind_retry_after(self.rewind_failures);
+        self.rewind_retry = Some((tokio::time::Instant::now() + pause, why.clone()));
+        anyhow::anyhow!(
+            "pg_rewind failed ({why}); retrying in {}s; the data directory is untouched",
+            pause.as_secs()
+        )
     }
 
     /// pg_basebackup from `host:port` into the (empty) data directory.
@@ -235,6 +335,76 @@ impl Node {
             }
         });
     }
+}
+
+/// Removes the parameters pgwarden manages from postgresql.auto.conf, before
+/// every start and every reload of a new configuration: `ALTER SYSTEM` must
+/// not override them (listen_addresses, port, primary_conninfo,
+/// synchronous_standby_names...) behind pgwarden's back.
+fn clean_auto_conf(dir: &Path) -> Result<(), pgwarden_pg::PgError> {
+    let auto = dir.join("postgresql.auto.conf");
+    let Ok(text) = std::fs::read_to_string(&auto) else {
+        return Ok(());
+    };
+    let (kept, removed) = pgwarden_pg::strip_managed_auto_conf(&text);
+    if !removed.is_empty() {
+        pgwarden_pg::write_file_atomic(&auto, &kept, 0o600)?;
+        tracing::warn!(?removed, "postgres: removed parameters pgwarden manages from postgresql.auto.conf (ALTER SYSTEM cannot override them; set the others in the cluster spec)");
+    }
+    Ok(())
+}
+
+/// How long the check of the rewind source's timeline may take.
+const SOURCE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where an unrewindable data directory is kept: next to it, one copy.
+fn aside_path(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".pgwarden-old");
+    dir.with_file_name(name)
+}
+
+/// Whether the filesystem holding `dir` has room for a second copy of it.
+fn room_for_a_copy(dir: &Path) -> Result<bool, String> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let stat = nix::sys::statvfs::statvfs(parent)
+        .map_err(|e| format!("cannot tell the free space under {}: {e}", parent.display()))?;
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+    let used = dir_size(dir);
+    // An older kept copy is replaced, so its space counts as free.
+    let old = dir_size(&aside_path(dir));
+    Ok(free.saturating_add(old) > used.saturating_add(used / 10))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Renames `dir` to its aside path (replacing an older kept copy) and
+/// re-creates it empty with mode 0700; returns the aside path.
+fn move_aside(dir: &Path) -> anyhow::Result<PathBuf> {
+    let aside = aside_path(dir);
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("remove the older kept copy {}", aside.display()))?;
+    }
+    std::fs::rename(dir, &aside)
+        .with_context(|| format!("rename {} to {}", dir.display(), aside.display()))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create an empty {}", dir.display()))?;
+    Ok(aside)
 }
 
 /// Empties a data directory (keeping the directory, its owner and mode).
