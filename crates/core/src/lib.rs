@@ -13,6 +13,7 @@ pub mod plan;
 pub mod report;
 pub mod route;
 pub mod spec;
+pub mod startup;
 pub mod status;
 pub mod timeline;
 
