@@ -130,29 +130,10 @@ pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<(
             args.client_login_timeout.0,
         ));
         let root = cancel.child_token();
+        let mut listeners = vec![(primary, Port::Primary)];
+        listeners.extend(read_only.map(|l| (l, Port::ReadOnly)));
+        let relay_thread = spawn_relay_thread(listeners, table_rx, shared.clone(), root.clone())?;
         let tracker = TaskTracker::new();
-        tracker.spawn(
-            accept::serve(
-                primary,
-                Port::Primary,
-                table_rx.clone(),
-                shared.clone(),
-                root.clone(),
-            )
-            .in_current_span(),
-        );
-        if let Some(listener) = read_only {
-            tracker.spawn(
-                accept::serve(
-                    listener,
-                    Port::ReadOnly,
-                    table_rx,
-                    shared.clone(),
-                    root.clone(),
-                )
-                .in_current_span(),
-            );
-        }
         if let Some(listener) = metrics_listener {
             tracker.spawn(
                 metrics::serve(
@@ -172,16 +153,75 @@ pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<(
             .await;
         // Stop accepting and cut whatever is still open (on an error at start-up).
         root.cancel();
-        if tokio::time::timeout(SHUTDOWN_WAIT, tracker.wait())
-            .await
-            .is_err()
-        {
+        let stopped = async {
+            tracker.wait().await;
+            let _ = tokio::task::spawn_blocking(move || relay_thread.join()).await;
+        };
+        if tokio::time::timeout(SHUTDOWN_WAIT, stopped).await.is_err() {
             tracing::warn!("accept loops did not stop in time");
         }
         result
     }
     .instrument(span)
     .await
+}
+
+/// Runs the accept loops, and so every relay they start, on a thread of
+/// their own with a single-threaded runtime until `root` is cancelled.
+///
+/// Why not on the multi-threaded runtime the control loop uses: a relay is
+/// a few syscalls per message, and on the shared runtime each wakeup may
+/// land on the other worker (a futex wake, a cache miss, work stealing).
+/// One thread that does nothing but epoll and relay spends less CPU per
+/// query, and CPU is what the proxy competes for with postgres and the
+/// clients on the same cores. The control loop only swaps the routing table
+/// (a `watch`) and cancels tokens, which cross threads as they are.
+fn spawn_relay_thread(
+    listeners: Vec<(TcpListener, Port)>,
+    table: watch::Receiver<Arc<Table>>,
+    shared: Arc<Shared>,
+    root: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    // Registered with this runtime's reactor; moved to the relay thread's.
+    let listeners = listeners
+        .into_iter()
+        .map(|(l, port)| Ok((l.into_std()?, port)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("hand the listening sockets to the relay thread")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the relay runtime")?;
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name("pgwarden-relay".into())
+        .spawn(move || {
+            runtime.block_on(
+                async move {
+                    let tracker = TaskTracker::new();
+                    for (listener, port) in listeners {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => {
+                                tracker.spawn(
+                                    accept::serve(l, port, table.clone(), shared.clone(), root.clone())
+                                        .in_current_span(),
+                                );
+                            }
+                            Err(e) => {
+                                tracing::error!(port = %port, error = %e, "cannot accept on this port");
+                                root.cancel();
+                            }
+                        }
+                    }
+                    tracker.close();
+                    tracker.wait().await;
+                }
+                .instrument(span),
+            );
+            // Dropping the runtime drops every relay still open: the routes
+            // were cut by `root` already.
+        })
+        .context("start the relay thread")
 }
 
 /// Binds `address:port`, with a one-line error naming the flag to change.
