@@ -583,9 +583,11 @@ async fn silent_clients_never_reach_postgres_and_are_dropped_after_the_login_tim
     c.spawn_proxy_with("proxy1", port, ro_port, &["--client-login-timeout", "3s"]);
     wait_routed(port, primary_port, Duration::from_secs(30)).await;
     let proxy = c.pid("proxy1");
-    wait_for("the probe sessions to close", Duration::from_secs(5), || {
-        connections_to(proxy, primary_port).is_empty().then_some(())
-    })
+    wait_for(
+        "the probe sessions to close",
+        Duration::from_secs(5),
+        || connections_to(proxy, primary_port).is_empty().then_some(()),
+    )
     .await;
 
     let connected = Instant::now();
@@ -652,7 +654,10 @@ async fn silent_clients_never_reach_postgres_and_are_dropped_after_the_login_tim
         answer.first() == Some(&b'E') && text.contains("SFATAL") && text.contains("C08P01"),
         "{text:?}"
     );
-    assert!(text.contains("invalid length of startup packet"), "{text:?}");
+    assert!(
+        text.contains("invalid length of startup packet"),
+        "{text:?}"
+    );
     wait_for("the refusal in the log", Duration::from_secs(5), || {
         c.log("proxy1")
             .contains("refused a client's first packet, without contacting postgres")
@@ -673,8 +678,8 @@ async fn silent_clients_never_reach_postgres_and_are_dropped_after_the_login_tim
     let dropped = connected.elapsed();
     assert!(dropped >= LOGIN_TIMEOUT, "dropped after {dropped:?}");
     assert!(connections_to(proxy, primary_port).is_empty());
-    assert!(c
-        .log("proxy1")
-        .contains("sent no first packet within 3s"));
-    eprintln!("{SILENT} silent clients: 0 postgres connections, all dropped {dropped:?} after connecting");
+    assert!(c.log("proxy1").contains("sent no first packet within 3s"));
+    eprintln!(
+        "{SILENT} silent clients: 0 postgres connections, all dropped {dropped:?} after connecting"
+    );
 }

@@ -315,7 +315,13 @@ fn tune(stream: &TcpStream, side: &str) {
         tracing::debug!(side, error = %e, "cannot set TCP_NODELAY");
     }
     let keepalive = setsockopt(stream, sockopt::KeepAlive, &true)
-        .and_then(|()| setsockopt(stream, sockopt::TcpKeepIdle, &(KEEPALIVE_IDLE.as_secs() as u32)))
+        .and_then(|()| {
+            setsockopt(
+                stream,
+                sockopt::TcpKeepIdle,
+                &(KEEPALIVE_IDLE.as_secs() as u32),
+            )
+        })
         .and_then(|()| {
             setsockopt(
                 stream,

@@ -20,7 +20,6 @@ use std::io;
 use pgwarden_core::startup::{self, Header, Refused, HEADER_LENGTH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-
 /// Why no first packet is there to relay.
 #[derive(Debug)]
 pub enum NoPacket {
@@ -77,9 +76,7 @@ async fn read_exact<C: AsyncRead + Unpin>(client: &mut C, buf: &mut [u8]) -> Res
 /// changes nothing.
 async fn refuse<C: AsyncWrite + Unpin>(client: &mut C, why: Refused) -> NoPacket {
     let message = format!("pgwarden proxy: {why}");
-    let _ = client
-        .write_all(&startup::error_response(&message))
-        .await;
+    let _ = client.write_all(&startup::error_response(&message)).await;
     let _ = client.shutdown().await;
     NoPacket::Refused(why)
 }
@@ -121,10 +118,7 @@ mod tests {
         client.write_all(&sent).await.unwrap();
         client.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
         let packet = first_packet(&mut proxy).await.unwrap();
-        assert_eq!(
-            (packet.header.kind, packet.bytes),
-            (Kind::SslRequest, sent)
-        );
+        assert_eq!((packet.header.kind, packet.bytes), (Kind::SslRequest, sent));
     }
 
     #[tokio::test]
@@ -132,7 +126,10 @@ mod tests {
         let (mut client, mut proxy) = duplex(1024);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let got = first_packet(&mut proxy).await.unwrap_err();
-        assert!(matches!(got, NoPacket::Refused(Refused::TooLong { .. })), "{got:?}");
+        assert!(
+            matches!(got, NoPacket::Refused(Refused::TooLong { .. })),
+            "{got:?}"
+        );
         let mut answer = Vec::new();
         drop(proxy);
         client.read_to_end(&mut answer).await.unwrap();

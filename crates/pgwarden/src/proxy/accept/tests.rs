@@ -318,9 +318,15 @@ async fn a_silent_client_never_reaches_the_backend_and_is_dropped_after_the_logi
     assert_closed_promptly(&mut silent).await;
     assert_closed_promptly(&mut half).await;
     assert!(started.elapsed() >= login_timeout);
-    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the backend was contacted");
     assert_eq!(
-        p.shared.stats.refusals(Port::Primary, Refusal::LoginTimeout),
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the backend was contacted"
+    );
+    assert_eq!(
+        p.shared
+            .stats
+            .refusals(Port::Primary, Refusal::LoginTimeout),
         2
     );
     // A client that speaks in time is relayed.
@@ -335,7 +341,9 @@ async fn a_malformed_first_packet_gets_an_error_response_and_never_reaches_the_b
     let (a, accepted) = counting_backend("aaaa").await;
     p.route(Some(&a), &[]);
     let mut s = p.connect().await;
-    s.write_all(b"\x00\x00\x00\x08\x00\x02\x00\x00").await.unwrap();
+    s.write_all(b"\x00\x00\x00\x08\x00\x02\x00\x00")
+        .await
+        .unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
         .await
@@ -345,7 +353,10 @@ async fn a_malformed_first_packet_gets_an_error_response_and_never_reaches_the_b
     let text = String::from_utf8_lossy(&answer);
     assert!(text.contains("unsupported frontend protocol 2.0"), "{text}");
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
-    assert_eq!(p.shared.stats.refusals(Port::Primary, Refusal::Malformed), 1);
+    assert_eq!(
+        p.shared.stats.refusals(Port::Primary, Refusal::Malformed),
+        1
+    );
 }
 
 #[tokio::test]
