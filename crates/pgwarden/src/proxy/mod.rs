@@ -1,9 +1,10 @@
 //! `pgwarden proxy`: clients connect to one address and land on the current
 //! primary (or, on the read-only port, on a caught-up standby).
 //!
-//! A byte-level (layer 4) proxy: it never parses the postgres protocol, so
-//! SSL, GSS encryption and cancel requests pass through untouched. Three
-//! parts, each in its own file:
+//! A byte-level (layer 4) proxy: past the client's first packet, which it
+//! reads and checks before opening a backend, it never parses the postgres
+//! protocol, so SSL, GSS encryption and cancel requests pass through
+//! untouched. Three parts, each in its own file:
 //!
 //! - `control`: reads the cluster, asks the pure
 //!   [`pgwarden_core::route::route`] where connections go, replaces the
