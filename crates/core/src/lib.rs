@@ -14,6 +14,7 @@ pub mod report;
 pub mod rewind;
 pub mod route;
 pub mod spec;
+pub mod startup;
 pub mod status;
 pub mod timeline;
 pub mod timing;

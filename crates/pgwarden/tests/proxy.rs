@@ -527,3 +527,159 @@ async fn a_frozen_proxy_holds_the_promotion_until_its_lease_expires() {
     );
     c.signal("proxy1", Signal::SIGCONT);
 }
+
+/// Local ports of the sockets process `pid` holds connected to `port` on
+/// loopback: the proxy's connections to a postgres, read from `/proc`.
+fn connections_to(pid: u32, port: u16) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+            // Fields: sl, local, remote, state, ..., inode (the tenth).
+            if f.len() > 9 && port_of(f[2]) == Some(port) && inodes.contains(f[9]) {
+                ports.extend(port_of(f[1]));
+            }
+        }
+    }
+    ports
+}
+
+/// How many client backends of the postgres at `port` come from `client_ports`.
+async fn backends_from(port: u16, client_ports: &[u16]) -> i64 {
+    let probe = connect(port).await.unwrap();
+    let ports: Vec<i32> = client_ports.iter().map(|p| i32::from(*p)).collect();
+    probe
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+             AND pid <> pg_backend_pid() AND client_port = ANY($1)",
+            &[&ports],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_never_reach_postgres_and_are_dropped_after_the_login_timeout() {
+    const SILENT: usize = 200;
+    const LOGIN_TIMEOUT: Duration = Duration::from_secs(3);
+    let mut c = TestCluster::initialised().await;
+    pause(&c);
+    c.spawn_sentinel("sentinel1");
+    c.spawn_keepers(&["k1"]);
+    c.wait_converged(0, CONVERGE).await;
+    let primary_port = c.port_of("k1");
+    let (port, ro_port) = (free_port(), free_port());
+    c.spawn_proxy_with("proxy1", port, ro_port, &["--client-login-timeout", "3s"]);
+    wait_routed(port, primary_port, Duration::from_secs(30)).await;
+    let proxy = c.pid("proxy1");
+    wait_for(
+        "the probe sessions to close",
+        Duration::from_secs(5),
+        || connections_to(proxy, primary_port).is_empty().then_some(()),
+    )
+    .await;
+
+    let connected = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    // Well inside the login timeout: all held open, none relayed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let relayed = connections_to(proxy, primary_port);
+    assert_eq!(
+        relayed.len(),
+        0,
+        "{} of {SILENT} silent clients got a postgres connection",
+        relayed.len()
+    );
+    assert_eq!(backends_from(primary_port, &relayed).await, 0);
+    let mut buf = [0u8; 1];
+    for s in &mut silent[..10] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf))
+                .await
+                .is_err(),
+            "a silent client was closed before the login timeout"
+        );
+    }
+
+    // A client that speaks is served meanwhile, and reaches postgres.
+    assert_eq!(landing(port).await.unwrap(), (false, primary_port));
+    // An SSLRequest is relayed: postgres itself answers 'S' or 'N'.
+    let mut ssl = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut ssl, &[0, 0, 0, 8, 4, 210, 22, 47])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), ssl.read_exact(&mut answer))
+        .await
+        .expect("postgres answers the SSLRequest")
+        .unwrap();
+    assert!(matches!(&answer, b"S" | b"N"), "{answer:?}");
+    assert_eq!(connections_to(proxy, primary_port).len(), 1);
+    drop(ssl);
+
+    // Garbage gets a postgres error the client can show, and a log line.
+    let mut garbage = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut answer))
+        .await
+        .expect("the garbage is answered and closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.first() == Some(&b'E') && text.contains("SFATAL") && text.contains("C08P01"),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("invalid length of startup packet"),
+        "{text:?}"
+    );
+    wait_for("the refusal in the log", Duration::from_secs(5), || {
+        c.log("proxy1")
+            .contains("refused a client's first packet, without contacting postgres")
+            .then_some(())
+    })
+    .await;
+
+    // The silent ones are dropped once the login timeout has passed.
+    for s in &mut silent {
+        let left = (connected + LOGIN_TIMEOUT + Duration::from_secs(3))
+            .saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("a silent client got {n} bytes"),
+            Err(_) => panic!("a silent client is still open after the login timeout"),
+        }
+    }
+    let dropped = connected.elapsed();
+    assert!(dropped >= LOGIN_TIMEOUT, "dropped after {dropped:?}");
+    assert!(connections_to(proxy, primary_port).is_empty());
+    assert!(c.log("proxy1").contains("sent no first packet within 3s"));
+    eprintln!(
+        "{SILENT} silent clients: 0 postgres connections, all dropped {dropped:?} after connecting"
+    );
+}

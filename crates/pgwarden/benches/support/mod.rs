@@ -101,9 +101,29 @@ impl Bench {
         Bench::start_with(cluster).await
     }
 
+    /// A fresh cluster initialised with the spec `spec_toml` (e.g.
+    /// `[pg_parameters]` for more connections), its proxy started with
+    /// `proxy_args` on top of the usual flags.
+    pub async fn start_custom(spec_toml: &str, proxy_args: &[&str]) -> Bench {
+        let cluster = TestCluster::new().await;
+        let spec = cluster.path().join("spec.toml");
+        std::fs::write(&spec, spec_toml).expect("write spec.toml");
+        let out = cluster.ctl(&["init", "--spec", &spec.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "ctl init with {spec_toml:?}: {}",
+            common::stderr(&out)
+        );
+        Bench::start_proxied(cluster, proxy_args).await
+    }
+
     /// Starts sentinel, keepers and proxy on an initialised `cluster` and
     /// waits until a session through the proxy lands on the primary.
-    pub async fn start_with(mut cluster: TestCluster) -> Bench {
+    pub async fn start_with(cluster: TestCluster) -> Bench {
+        Bench::start_proxied(cluster, &[]).await
+    }
+
+    async fn start_proxied(mut cluster: TestCluster, proxy_args: &[&str]) -> Bench {
         cluster.spawn_sentinel("sentinel1");
         cluster.spawn_keepers(&KEEPERS);
         let status = cluster.wait_converged(2, CONVERGE).await;
@@ -112,7 +132,7 @@ impl Bench {
             .expect("a converged cluster names its primary")
             .to_string();
         let proxy_port = free_port();
-        cluster.spawn_proxy(PROXY, proxy_port, free_port());
+        cluster.spawn_proxy_with(PROXY, proxy_port, free_port(), proxy_args);
         let bench = Bench {
             cluster,
             primary,
@@ -277,9 +297,83 @@ pub async fn pgbench_init(port: u16, scale: u32) {
     );
 }
 
+/// Share of transactions pgbench logs for the latency percentiles.
+pub const LATENCY_SAMPLING: f64 = 0.05;
+
+/// A pgbench run with what its transaction log shows.
+#[derive(Debug, Clone, Copy)]
+pub struct PgbenchDetail {
+    pub run: PgbenchRun,
+    /// Transactions processed.
+    pub transactions: u64,
+    /// Median and 99th percentile latency of the sampled transactions, ms.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// [`pgbench`], also logging a sample of the transactions (into a
+/// temporary directory) for their latency percentiles.
+pub async fn pgbench_detailed(
+    port: u16,
+    select_only: bool,
+    clients: u32,
+    seconds: u64,
+) -> PgbenchDetail {
+    let dir = tempfile::tempdir().expect("create a directory for pgbench's log");
+    let prefix = dir.path().join("tx");
+    let sampling = LATENCY_SAMPLING.to_string();
+    let prefix_arg = format!("--log-prefix={}", prefix.display());
+    let (run, stdout) = pgbench_run(
+        port,
+        select_only,
+        clients,
+        seconds,
+        &["-l", "--sampling-rate", &sampling, &prefix_arg],
+    )
+    .await;
+    let transactions = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in pgbench's output:\n{stdout}"));
+    // Each line: client, transaction number, latency in microseconds, ...
+    let mut latencies: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).expect("read pgbench's log directory") {
+        let text =
+            std::fs::read_to_string(entry.expect("a log file").path()).expect("read a pgbench log");
+        latencies.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+    }
+    assert!(!latencies.is_empty(), "pgbench logged no transactions");
+    latencies.sort_unstable();
+    let at =
+        |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    PgbenchDetail {
+        run,
+        transactions,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
 /// One timed pgbench run: select-only (`-S`) or the default TPC-B-like script.
 pub async fn pgbench(port: u16, select_only: bool, clients: u32, seconds: u64) -> PgbenchRun {
+    pgbench_run(port, select_only, clients, seconds, &[])
+        .await
+        .0
+}
+
+async fn pgbench_run(
+    port: u16,
+    select_only: bool,
+    clients: u32,
+    seconds: u64,
+    extra: &[&str],
+) -> (PgbenchRun, String) {
     let mut cmd = pgbench_command(port);
+    cmd.args(extra);
     if select_only {
         cmd.arg("-S");
     }
@@ -312,10 +406,11 @@ pub async fn pgbench(port: u16, select_only: bool, clients: u32, seconds: u64) -
             "pgbench on port {port}: failed transactions: {failed}\n{stdout}"
         );
     }
-    PgbenchRun {
+    let run = PgbenchRun {
         tps: figure("tps = "),
         latency_ms: figure("latency average = "),
-    }
+    };
+    (run, stdout.into_owned())
 }
 
 /// haproxy in TCP mode in front of one backend, in the foreground; stopped on drop.

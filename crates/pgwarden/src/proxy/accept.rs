@@ -6,6 +6,11 @@
 //! connection is closed and the reason is logged (at warn, at most once per
 //! [`WARN_INTERVAL`] per cause, so a client retry loop cannot flood the log).
 //! Everything about a single healthy connection logs at debug.
+//!
+//! The backend is connected only once the client has sent its first packet
+//! (see `login`): a client that says nothing within `--client-login-timeout`
+//! is dropped, and one that sends garbage is answered with an
+//! `ErrorResponse`, both without postgres ever seeing them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -13,12 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwarden_core::route::Backend;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::login::{self, NoPacket};
 use super::metrics::{Refusal, Stats};
 use super::relay::{relay, Ending};
 use super::table::{Port, Table};
@@ -27,6 +34,15 @@ use super::table::{Port, Table};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// At most one warning per cause in this interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(5);
+/// Default of `--client-login-timeout`: how long a client may take to send
+/// its first packet.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on both sides: first probe after this much silence...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// ...then one probe per interval, and the connection is dropped after
+/// [`KEEPALIVE_PROBES`] unanswered ones (two minutes in all).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop
 /// does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -82,14 +98,22 @@ pub struct Shared {
     turn: AtomicUsize,
     full: RateLimited,
     unreachable: RateLimited,
+    /// How long a client may take to send its first packet.
+    login_timeout: Duration,
+    silent: RateLimited,
+    malformed: RateLimited,
     /// Counts for the metrics endpoint.
     pub stats: Arc<Stats>,
 }
 
 impl Shared {
-    /// Limits open client connections to `max_connections`.
-    pub fn new(max_connections: usize) -> Self {
+    /// Limits open client connections to `max_connections`, each allowed
+    /// `login_timeout` to send its first packet.
+    pub fn new(max_connections: usize, login_timeout: Duration) -> Self {
         Shared {
+            login_timeout,
+            silent: RateLimited::new(WARN_INTERVAL),
+            malformed: RateLimited::new(WARN_INTERVAL),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             turn: AtomicUsize::new(0),
@@ -162,9 +186,7 @@ pub async fn serve(
                 continue;
             }
         };
-        if let Err(e) = client.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY on the client connection");
-        }
+        tune(&client, "client");
         let shared = shared.clone();
         target.relays.spawn(
             handle(
@@ -181,9 +203,10 @@ pub async fn serve(
     }
 }
 
-/// Connects to `backend` and relays until the relay ends or `cut` fires.
+/// Waits for the client's first packet, connects to `backend`, hands the
+/// packet on and relays until the relay ends or `cut` fires.
 async fn handle(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     port: Port,
     backend: Backend,
@@ -192,6 +215,45 @@ async fn handle(
     shared: Arc<Shared>,
 ) {
     let _open = shared.stats.open(port);
+    let first = tokio::select! {
+        _ = cut.cancelled() => {
+            shared.stats.cut(port);
+            tracing::debug!(%peer, %backend, "route withdrawn before the client's first packet");
+            return;
+        }
+        first = tokio::time::timeout(shared.login_timeout, login::first_packet(&mut client)) => first,
+    };
+    let packet = match first {
+        Ok(Ok(packet)) => packet,
+        Ok(Err(NoPacket::Refused(why))) => {
+            shared.stats.refused(port, Refusal::Malformed);
+            if let Some(held_back) = shared.malformed.allow() {
+                tracing::warn!(port = %port, %peer, held_back, "refused a client's first packet, without contacting postgres: {why}");
+            }
+            return;
+        }
+        Ok(Err(NoPacket::Closed)) => {
+            tracing::debug!(port = %port, %peer, "the client closed before its first packet");
+            return;
+        }
+        Ok(Err(NoPacket::Io(e))) => {
+            tracing::debug!(port = %port, %peer, error = %e, "reading the client's first packet failed");
+            return;
+        }
+        Err(_) => {
+            shared.stats.refused(port, Refusal::LoginTimeout);
+            if let Some(held_back) = shared.silent.allow() {
+                tracing::warn!(
+                    port = %port,
+                    %peer,
+                    held_back,
+                    "a client sent no first packet within {:?}: closing it without contacting postgres (--client-login-timeout)",
+                    shared.login_timeout
+                );
+            }
+            return;
+        }
+    };
     let connect = tokio::time::timeout(
         CONNECT_TIMEOUT,
         TcpStream::connect((backend.host.as_str(), backend.port)),
@@ -221,10 +283,14 @@ async fn handle(
             return;
         }
     };
-    if let Err(e) = server.set_nodelay(true) {
-        tracing::debug!(%backend, error = %e, "cannot set TCP_NODELAY on the backend connection");
+    let mut server = server;
+    tune(&server, "backend");
+    if let Err(e) = server.write_all(&packet.bytes).await {
+        tracing::debug!(port = %port, %peer, %backend, error = %e, "sending the first packet to the backend failed");
+        return;
     }
-    tracing::debug!(port = %port, %peer, %backend, "relaying");
+    tracing::debug!(port = %port, %peer, %backend, first = %packet.header.kind, "relaying");
+    drop(packet);
     let relayed = relay(client, server, &cut, &shared.stats.traffic).await;
     if relayed.ending == Ending::Cut {
         shared.stats.cut(port);
@@ -238,6 +304,35 @@ async fn handle(
         to_client = relayed.to_client,
         "connection closed"
     );
+}
+
+/// TCP_NODELAY (postgres messages are small and latency-bound) and
+/// keepalive, so that a peer that vanished without a FIN or RST does not
+/// hold a connection slot forever.
+fn tune(stream: &TcpStream, side: &str) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(side, error = %e, "cannot set TCP_NODELAY");
+    }
+    let keepalive = setsockopt(stream, sockopt::KeepAlive, &true)
+        .and_then(|()| {
+            setsockopt(
+                stream,
+                sockopt::TcpKeepIdle,
+                &(KEEPALIVE_IDLE.as_secs() as u32),
+            )
+        })
+        .and_then(|()| {
+            setsockopt(
+                stream,
+                sockopt::TcpKeepInterval,
+                &(KEEPALIVE_INTERVAL.as_secs() as u32),
+            )
+        })
+        .and_then(|()| setsockopt(stream, sockopt::TcpKeepCount, &KEEPALIVE_PROBES));
+    if let Err(e) = keepalive {
+        tracing::debug!(side, error = %e, "cannot set TCP keepalive");
+    }
 }
 
 #[cfg(test)]

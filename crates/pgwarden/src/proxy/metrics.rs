@@ -33,13 +33,19 @@ pub enum Refusal {
     MaxConnections,
     /// The backend did not accept a connection.
     BackendUnreachable,
+    /// The client sent no first packet within `--client-login-timeout`.
+    LoginTimeout,
+    /// The client's first packet broke the protocol.
+    Malformed,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 3] = [
+    const ALL: [Refusal; 5] = [
         Refusal::NoRoute,
         Refusal::MaxConnections,
         Refusal::BackendUnreachable,
+        Refusal::LoginTimeout,
+        Refusal::Malformed,
     ];
 
     fn label(self) -> &'static str {
@@ -47,6 +53,8 @@ impl Refusal {
             Refusal::NoRoute => "no_route",
             Refusal::MaxConnections => "max_connections",
             Refusal::BackendUnreachable => "backend_unreachable",
+            Refusal::LoginTimeout => "login_timeout",
+            Refusal::Malformed => "malformed_first_packet",
         }
     }
 }
@@ -55,7 +63,8 @@ impl Refusal {
 #[derive(Debug, Default)]
 struct PortStats {
     accepted: AtomicU64,
-    /// Open connections: relaying, or connecting to the backend.
+    /// Open connections: waiting for the first packet, connecting to the
+    /// backend, or relaying.
     active: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
     cut: AtomicU64,

@@ -20,6 +20,13 @@
 //! Bytes are also added to a shared [`Traffic`] as they are written, so the
 //! proxy's metrics show a long session's traffic while it runs, not only
 //! once it ends.
+//!
+//! Reads go through [`Side::poll_read_drained`]. For a TCP socket a read
+//! that returned less than the buffer emptied the socket, so it clears the
+//! socket's readiness at once instead of asking the kernel again only to be
+//! told `EAGAIN`: with postgres' small request/response messages that saves
+//! one `recvfrom` of three syscalls per message and direction. Any other
+//! stream (`tokio::io::duplex` in the tests) reads as usual.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -28,7 +35,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes buffered per direction: as large as postgres' own send buffer
@@ -70,6 +78,54 @@ pub struct Traffic {
     pub to_client: AtomicU64,
 }
 
+/// One end of a relay: a byte stream that may know when a read drained it.
+pub trait Side: AsyncRead + AsyncWrite + Unpin {
+    /// Reads like `poll_read`; a stream that can tell that the read left
+    /// nothing behind marks itself not readable, saving the next read.
+    fn poll_read_drained(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_read(cx, buf)
+    }
+}
+
+impl Side for tokio::io::DuplexStream {}
+
+impl Side for TcpStream {
+    fn poll_read_drained(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            let room = buf.remaining();
+            let mut short = None;
+            // The readiness tokio clears on WouldBlock is the one it saw
+            // before the closure ran: data that arrives during the read
+            // raises it again (edge-triggered epoll), so no wakeup is lost.
+            let read = self.try_io(Interest::READABLE, || {
+                let n = self.try_read(buf.initialize_unfilled())?;
+                if n > 0 && n < room {
+                    short = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match (read, short) {
+                (_, Some(n)) | (Ok(n), None) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 /// Relays bytes between `client` and `backend` until one of the endings in
 /// the module docs, adding them to `traffic` as they are written.
 pub async fn relay<C, B>(
@@ -79,8 +135,8 @@ pub async fn relay<C, B>(
     traffic: &Traffic,
 ) -> Relayed
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: Side,
+    B: Side,
 {
     let mut up = Pump::new(&traffic.to_backend);
     let mut down = Pump::new(&traffic.to_client);
@@ -158,8 +214,8 @@ impl<'a> Pump<'a> {
         writer: &mut W,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: Side,
+        W: Side,
     {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -167,7 +223,7 @@ impl<'a> Pump<'a> {
         loop {
             if self.start == self.end && !self.eof {
                 let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                match reader.poll_read_drained(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
                         if n == 0 {
@@ -382,6 +438,98 @@ mod tests {
         drop(b_write);
         drop(b_read);
         let relayed = task.await.unwrap();
+        assert_eq!(
+            (relayed.ending, relayed.to_backend, relayed.to_client),
+            (Ending::BackendClosed, up.len() as u64, down.len() as u64)
+        );
+    }
+
+    /// Two connected loopback sockets.
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (connected, accepted) = tokio::join!(connect, listener.accept());
+        (connected.unwrap(), accepted.unwrap().0)
+    }
+
+    /// (client app end, backend app end, relay task) over real sockets, so
+    /// that the relay reads with the TCP short-read path.
+    async fn start_tcp() -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
+        let (client_app, client_side) = tcp_pair().await;
+        let (backend_side, backend_app) = tcp_pair().await;
+        let task = tokio::spawn(async move {
+            relay(
+                client_side,
+                backend_side,
+                &CancellationToken::new(),
+                &Traffic::default(),
+            )
+            .await
+        });
+        (client_app, backend_app, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tcp_many_small_round_trips_never_miss_a_wakeup() {
+        let (mut client, mut backend, task) = start_tcp().await;
+        let server = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                let n = backend.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                backend.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        for i in 0..2000u32 {
+            let msg = i.to_be_bytes();
+            client.write_all(&msg).await.unwrap();
+            let mut got = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+                .await
+                .expect("each answer arrives")
+                .unwrap();
+            assert_eq!(got, msg);
+        }
+        client.shutdown().await.unwrap();
+        server.await.unwrap();
+        let relayed = task.await.unwrap();
+        assert_eq!((relayed.to_backend, relayed.to_client), (8000, 8000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tcp_large_transfers_both_ways_arrive_intact_and_eof_ends_it() {
+        let (client, backend, task) = start_tcp().await;
+        let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..5_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (mut c_read, mut c_write) = client.into_split();
+        let (mut b_read, mut b_write) = backend.into_split();
+        let (up2, down2) = (up.clone(), down.clone());
+        // The client's write half is kept (not shut down) until the end.
+        let writer_c = tokio::spawn(async move {
+            c_write.write_all(&up2).await.unwrap();
+            c_write
+        });
+        let writer_b = tokio::spawn(async move {
+            b_write.write_all(&down2).await.unwrap();
+            b_write
+        });
+        let reader_b = tokio::spawn(async move {
+            let mut got = vec![0u8; 3_000_000];
+            b_read.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut got_down = vec![0u8; down.len()];
+        c_read.read_exact(&mut got_down).await.unwrap();
+        assert!(got_down == down);
+        assert!(reader_b.await.unwrap() == up);
+        let _c_write = writer_c.await.unwrap();
+        drop(writer_b.await.unwrap());
+        let relayed = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the backend's close ends the relay")
+            .unwrap();
         assert_eq!(
             (relayed.ending, relayed.to_backend, relayed.to_client),
             (Ending::BackendClosed, up.len() as u64, down.len() as u64)

@@ -443,7 +443,13 @@ impl TestCluster {
     /// Starts a proxy (as the test's user: it runs no postgres), logging to
     /// `<id>.log`; stop it with [`TestCluster::stop`].
     pub fn spawn_proxy(&mut self, id: &str, port: u16, read_only_port: u16) {
-        let cmd = self.proxy_command(id, port, read_only_port);
+        self.spawn_proxy_with(id, port, read_only_port, &[]);
+    }
+
+    /// [`TestCluster::spawn_proxy`] with more flags.
+    pub fn spawn_proxy_with(&mut self, id: &str, port: u16, read_only_port: u16, extra: &[&str]) {
+        let mut cmd = self.proxy_command(id, port, read_only_port);
+        cmd.args(extra);
         let child = spawn_logged(cmd, &self.path().join(format!("{id}.log")), None);
         self.children.insert(id.to_string(), child);
     }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use pgwarden_core::route::{NoPrimary, Routes};
@@ -12,14 +13,28 @@ use super::*;
 use crate::proxy::metrics::Refusal;
 use crate::proxy::table;
 
-/// A backend that greets each connection with its name, then echoes.
+/// A backend that reads the first packet of each connection, greets it
+/// with its name, then echoes.
 async fn backend(name: &'static str) -> Backend {
+    counting_backend(name).await.0
+}
+
+/// [`backend`], and how many connections it accepted.
+async fn counting_backend(name: &'static str) -> (Backend, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
+                let mut length = [0u8; 4];
+                s.read_exact(&mut length).await.unwrap();
+                let mut rest = vec![0u8; u32::from_be_bytes(length) as usize - 4];
+                s.read_exact(&mut rest).await.unwrap();
+                assert_eq!([&length[..], &rest[..]].concat(), startup_message());
                 s.write_all(name.as_bytes()).await.unwrap();
                 let mut buf = [0u8; 1024];
                 loop {
@@ -35,11 +50,21 @@ async fn backend(name: &'static str) -> Backend {
             });
         }
     });
-    Backend {
+    let backend = Backend {
         uid: name.into(),
         host: "127.0.0.1".into(),
         port,
-    }
+    };
+    (backend, accepted)
+}
+
+/// The StartupMessage the test clients send.
+fn startup_message() -> Vec<u8> {
+    let params = b"user\0app\0\0";
+    let mut p = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+    p.extend((3u32 << 16).to_be_bytes());
+    p.extend(params);
+    p
 }
 
 /// A backend address nobody listens on.
@@ -63,10 +88,14 @@ struct Proxy {
 
 impl Proxy {
     async fn start(port: Port, max_connections: usize) -> Proxy {
+        Proxy::start_with(port, max_connections, DEFAULT_LOGIN_TIMEOUT).await
+    }
+
+    async fn start_with(port: Port, max_connections: usize, login_timeout: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (table, rx) = watch::channel(Arc::new(Table::stopped(0, "starting")));
-        let shared = Arc::new(Shared::new(max_connections));
+        let shared = Arc::new(Shared::new(max_connections, login_timeout));
         let root = CancellationToken::new();
         tokio::spawn(serve(listener, port, rx, shared.clone(), root.clone()));
         Proxy {
@@ -99,8 +128,16 @@ impl Proxy {
         self.table.borrow().clone()
     }
 
+    /// A connection that has sent nothing yet.
     async fn connect(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    /// A connection that has sent its StartupMessage.
+    async fn login(&self) -> TcpStream {
+        let mut s = self.connect().await;
+        s.write_all(&startup_message()).await.unwrap();
+        s
     }
 }
 
@@ -139,7 +176,7 @@ async fn connections_reach_the_primary_and_bytes_flow() {
     let p = Proxy::start(Port::Primary, 10).await;
     let a = backend("aaaa").await;
     p.route(Some(&a), &[]);
-    let mut s = p.connect().await;
+    let mut s = p.login().await;
     assert_eq!(greeting(&mut s, 4).await, "aaaa");
     echo(&mut s, b"SELECT 1").await;
     assert_eq!(p.shared.open(), 1);
@@ -169,7 +206,7 @@ async fn without_a_route_the_client_is_closed_at_once() {
 async fn an_unreachable_backend_closes_the_client_at_once() {
     let p = Proxy::start(Port::Primary, 10).await;
     p.route(Some(&dead_backend().await), &[]);
-    let mut s = p.connect().await;
+    let mut s = p.login().await;
     assert_closed_promptly(&mut s).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(p.shared.open(), 0, "the slot is given back");
@@ -186,10 +223,10 @@ async fn a_primary_change_cuts_open_connections_including_silent_ones() {
     let p = Proxy::start(Port::Primary, 10).await;
     let (a, b) = (backend("aaaa").await, backend("bbbb").await);
     p.route(Some(&a), &[]);
-    let mut busy = p.connect().await;
+    let mut busy = p.login().await;
     assert_eq!(greeting(&mut busy, 4).await, "aaaa");
     // A client that never sends a byte.
-    let mut silent = p.connect().await;
+    let mut silent = p.login().await;
     assert_eq!(greeting(&mut silent, 4).await, "aaaa");
     let old = p.current().primary.clone().unwrap();
     assert_eq!(old.relays.len(), 2);
@@ -201,7 +238,7 @@ async fn a_primary_change_cuts_open_connections_including_silent_ones() {
     assert_closed_promptly(&mut busy).await;
     assert_closed_promptly(&mut silent).await;
     // New connections go to the new primary.
-    let mut s = p.connect().await;
+    let mut s = p.login().await;
     assert_eq!(greeting(&mut s, 4).await, "bbbb");
     echo(&mut s, b"after").await;
 }
@@ -211,7 +248,7 @@ async fn an_unchanged_primary_keeps_its_connections_across_generations() {
     let p = Proxy::start(Port::Primary, 10).await;
     let a = backend("aaaa").await;
     p.route(Some(&a), &[]);
-    let mut s = p.connect().await;
+    let mut s = p.login().await;
     assert_eq!(greeting(&mut s, 4).await, "aaaa");
     assert!(p.route(Some(&a), &[]).is_empty());
     echo(&mut s, b"still here").await;
@@ -222,7 +259,7 @@ async fn the_connection_limit_closes_new_clients_and_frees_slots() {
     let p = Proxy::start(Port::Primary, 1).await;
     let a = backend("aaaa").await;
     p.route(Some(&a), &[]);
-    let mut first = p.connect().await;
+    let mut first = p.login().await;
     assert_eq!(greeting(&mut first, 4).await, "aaaa");
     let mut second = p.connect().await;
     assert_closed_promptly(&mut second).await;
@@ -240,7 +277,7 @@ async fn the_connection_limit_closes_new_clients_and_frees_slots() {
         assert!(Instant::now() < deadline, "slot not released");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut third = p.connect().await;
+    let mut third = p.login().await;
     assert_eq!(greeting(&mut third, 4).await, "aaaa");
 }
 
@@ -252,7 +289,7 @@ async fn the_read_only_port_rotates_over_standbys_and_cuts_one_that_leaves() {
     let mut seen = Vec::new();
     let mut open = Vec::new();
     for _ in 0..4 {
-        let mut s = p.connect().await;
+        let mut s = p.login().await;
         seen.push(greeting(&mut s, 4).await);
         open.push(s);
     }
@@ -263,6 +300,74 @@ async fn the_read_only_port_rotates_over_standbys_and_cuts_one_that_leaves() {
     assert_closed_promptly(&mut open[3]).await;
     echo(&mut open[0], b"b stays").await;
     echo(&mut open[2], b"b stays").await;
+}
+
+#[tokio::test]
+async fn a_silent_client_never_reaches_the_backend_and_is_dropped_after_the_login_timeout() {
+    let login_timeout = Duration::from_millis(300);
+    let p = Proxy::start_with(Port::Primary, 10, login_timeout).await;
+    let (a, accepted) = counting_backend("aaaa").await;
+    p.route(Some(&a), &[]);
+    let started = Instant::now();
+    let mut silent = p.connect().await;
+    // Half a header counts as silence too.
+    let mut half = p.connect().await;
+    half.write_all(&startup_message()[..5]).await.unwrap();
+    tokio::time::sleep(login_timeout / 2).await;
+    assert_eq!(p.shared.open(), 2);
+    assert_closed_promptly(&mut silent).await;
+    assert_closed_promptly(&mut half).await;
+    assert!(started.elapsed() >= login_timeout);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the backend was contacted"
+    );
+    assert_eq!(
+        p.shared
+            .stats
+            .refusals(Port::Primary, Refusal::LoginTimeout),
+        2
+    );
+    // A client that speaks in time is relayed.
+    let mut s = p.login().await;
+    assert_eq!(greeting(&mut s, 4).await, "aaaa");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_first_packet_gets_an_error_response_and_never_reaches_the_backend() {
+    let p = Proxy::start(Port::Primary, 10).await;
+    let (a, accepted) = counting_backend("aaaa").await;
+    p.route(Some(&a), &[]);
+    let mut s = p.connect().await;
+    s.write_all(b"\x00\x00\x00\x08\x00\x02\x00\x00")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    assert_eq!(answer.first(), Some(&b'E'));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("unsupported frontend protocol 2.0"), "{text}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        p.shared.stats.refusals(Port::Primary, Refusal::Malformed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_client_still_silent_when_its_route_goes_is_cut() {
+    let p = Proxy::start(Port::Primary, 10).await;
+    let (a, b) = (backend("aaaa").await, backend("bbbb").await);
+    p.route(Some(&a), &[]);
+    let mut silent = p.connect().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(table::cut(p.route(Some(&b), &[])).await, 1);
+    assert_closed_promptly(&mut silent).await;
 }
 
 #[test]

@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn counts_render_per_port_and_direction() {
-    let shared = Shared::new(10);
+    let shared = Shared::new(10, std::time::Duration::from_secs(10));
     let stats = &shared.stats;
     stats.accepted(Port::Primary);
     stats.accepted(Port::Primary);
