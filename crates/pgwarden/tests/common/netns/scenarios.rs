@@ -768,13 +768,19 @@ impl Fault<'_> {
         self.note(format!("killed etcd members {leader} and {other}"));
         self.sleep_until(Duration::from_secs(10)).await;
         self.check_fenced_within(p, ttl, "etcd lost quorum");
+        self.restart_etcd("quorum returned").await;
+    }
+
+    /// Starts every etcd member that is down and notes how long writes took
+    /// to resume after `what`.
+    async fn restart_etcd(&mut self, what: &str) {
         let t = Instant::now();
         self.c.start_etcd().await;
         self.w
             .wait_flowing(Duration::from_secs(1), Duration::from_secs(60))
             .await;
         let secs = t.elapsed().as_secs_f64();
-        self.note(format!("writes resumed {secs:.2} s after quorum returned"));
+        self.note(format!("writes resumed {secs:.2} s after {what}"));
     }
 
     /// A violation unless `p` was last writable within `ttl` of the fault.
@@ -801,12 +807,6 @@ impl Fault<'_> {
         self.c.kill(ETCD);
         self.sleep_until(Duration::from_secs(30)).await;
         self.check_fenced_within(p, ttl, "etcd died");
-        let t = Instant::now();
-        self.c.start_etcd().await;
-        self.w
-            .wait_flowing(Duration::from_secs(1), Duration::from_secs(60))
-            .await;
-        let secs = t.elapsed().as_secs_f64();
-        self.note(format!("writes resumed {secs:.2} s after etcd returned"));
+        self.restart_etcd("etcd returned").await;
     }
 }
