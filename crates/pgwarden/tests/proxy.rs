@@ -621,6 +621,14 @@ async fn silent_clients_never_reach_postgres_and_are_dropped_after_the_login_tim
 
     // A client that speaks is served meanwhile, and reaches postgres.
     assert_eq!(landing(port).await.unwrap(), (false, primary_port));
+    // Its relay closes its backend socket a moment after the client left:
+    // wait for that, so that the count below is the SSL client's alone.
+    wait_for(
+        "the served session's backend connection to close",
+        Duration::from_secs(5),
+        || connections_to(proxy, primary_port).is_empty().then_some(()),
+    )
+    .await;
     // An SSLRequest is relayed: postgres itself answers 'S' or 'N'.
     let mut ssl = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
