@@ -7,6 +7,7 @@
 //! questions over SQL ([`probe`]). It makes no decisions: what to do, and
 //! when, is decided in `pgwarden-core`.
 
+pub mod auto_conf;
 pub mod bins;
 pub mod check;
 pub mod datadir;
@@ -17,6 +18,7 @@ pub mod postmaster;
 pub mod probe;
 pub mod render;
 
+pub use auto_conf::reset_managed_auto_conf;
 pub use bins::{PgBins, RunAs};
 pub use check::check_parameters;
 pub use datadir::{inspect_data_dir, parse_controldata, ControlData, DataDirState};

@@ -18,9 +18,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Gid, Pid, Uid, User};
 use pgwarden_pg::{
     basebackup, controldata, initdb, inspect_data_dir, primary_conninfo, render_pg_hba,
-    render_postgresql_conf, rewind, running_postmaster_pid, set_standby_signal, slot_name,
-    write_file_atomic, ConnParams, DataDirState, PgBins, PgClient, PgConf, PgError, PgStatus,
-    Postmaster, RunAs, StandbyConf,
+    render_postgresql_conf, reset_managed_auto_conf, rewind, running_postmaster_pid,
+    set_standby_signal, slot_name, write_file_atomic, ConnParams, DataDirState, PgBins, PgClient,
+    PgConf, PgError, PgStatus, Postmaster, RunAs, StandbyConf,
 };
 
 const SUPERUSER: &str = "pgsuper";
@@ -567,4 +567,67 @@ async fn fencing_kills_a_busy_backend() {
     );
     // Nothing of the instance is left: no process works in its data directory.
     assert!(pgwarden_pg::fence::kill_instance(&data, 0).is_empty());
+}
+
+/// `ALTER SYSTEM` plus a reload must not keep a managed parameter changed
+/// behind the keeper's back; the operator's other `ALTER SYSTEM` settings stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_system_of_a_managed_parameter_is_undone() {
+    let tmp = scratch();
+    let dir = tmp.path();
+    let mut pg = Instances::default();
+    let port = free_port();
+    let data = dir.join("data");
+    let pwfile = dir.join("su.pw");
+    write_owned(&pwfile, SU_PASSWORD);
+    initdb(&bins(), &data, SUPERUSER, &pwfile).await.unwrap();
+    write_config(&data, &conf(port, "keeper-s", dir, None));
+    pg.spawn(&data, dir.join("s.log"));
+    let client = connect(port).await;
+    assert!(
+        reset_managed_auto_conf(&client).await.unwrap().is_empty(),
+        "nothing to undo on a fresh instance"
+    );
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+        "ALTER SYSTEM SET work_mem = '7MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        client.query_one_string(sql).await.unwrap();
+    }
+    let show = |name: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one_string(&format!("SHOW {name}"))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    eventually("the ALTER SYSTEM to apply", || async {
+        (show("synchronous_standby_names").await == "nobody").then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        reset_managed_auto_conf(&client).await.unwrap(),
+        vec!["synchronous_standby_names".to_string()]
+    );
+    eventually("the managed parameter to be back", || async {
+        show("synchronous_standby_names")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        show("work_mem").await,
+        "7MB",
+        "the operator's own setting stays"
+    );
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("synchronous_standby_names"), "{auto}");
+    assert!(auto.contains("work_mem"), "{auto}");
+    assert!(reset_managed_auto_conf(&client).await.unwrap().is_empty());
 }
