@@ -17,9 +17,6 @@ use crate::StoreArgs;
 
 mod node_ops;
 mod role_change;
-pub(crate) mod status;
-
-pub use status::table as status_table;
 
 /// `pgwarden ctl` flags.
 #[derive(Debug, Args)]
@@ -178,9 +175,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 Output::Json => writeln!(
                     out,
                     "{}",
-                    serde_json::to_string_pretty(&status::to_json(store.cluster(), &snap))?
+                    serde_json::to_string_pretty(&crate::read_model::to_json(
+                        store.cluster(),
+                        &snap
+                    ))?
                 )?,
-                Output::Table => write!(out, "{}", status::table(store.cluster(), &snap))?,
+                Output::Table => {
+                    write!(out, "{}", crate::read_model::table(store.cluster(), &snap))?
+                }
             }
             Ok(())
         }
@@ -432,11 +434,6 @@ async fn check_with_postgres(
     pgwarden_pg::check_parameters(&bins, parameters)
         .await
         .map_err(|e| anyhow!("{e}: nothing changed"))
-}
-
-/// Wall-clock milliseconds (request ids).
-pub fn now_ms() -> u64 {
-    crate::sentinel::now_ms()
 }
 
 /// Read-modify-write of the spec with compare-and-swap, validated before the write.

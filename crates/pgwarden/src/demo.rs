@@ -243,7 +243,7 @@ async fn run_in(
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdout());
     loop {
         let table = match view::load(&store).await {
-            Ok(snap) => crate::ctl::status_table(cluster, &snap),
+            Ok(snap) => crate::read_model::table(cluster, &snap),
             Err(e) => format!("cannot read the cluster: {e}\n"),
         };
         if interactive {

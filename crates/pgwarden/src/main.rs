@@ -6,13 +6,18 @@
 //! role. Roles are thin loops over the pure decisions in pgwarden-core.
 
 mod api;
+mod clock;
 mod config_file;
 mod ctl;
 mod demo;
 mod docs;
+mod exposition;
+mod http;
 mod keeper;
+mod local_state;
 mod notify;
 mod proxy;
+mod read_model;
 mod sentinel;
 mod shutdown;
 mod view;

@@ -8,7 +8,7 @@
 //! deposed sentinel (its key expired and someone else created one) therefore
 //! cannot write, however late its write arrives.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -183,7 +183,7 @@ async fn round(
         return Ok(RoundOutcome::Done);
     };
     let view = ClusterView {
-        now_ms: now_ms(),
+        now_ms: crate::clock::now_ms(),
         spec,
         status: snap.status.clone(),
         keepers: snap.keepers,
@@ -245,12 +245,4 @@ async fn round(
             })
         }
     }
-}
-
-/// Wall-clock milliseconds; only used as the `now` input of decide.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

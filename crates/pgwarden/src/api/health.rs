@@ -15,7 +15,7 @@ use pgwarden_core::{Lsn, ObservedRole};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::keeper::LocalState;
+use crate::local_state::LocalState;
 
 /// How long the keeper loop may go without publishing before `/liveness`
 /// fails. The loop publishes about once a second.

@@ -12,8 +12,8 @@
 use pgwarden_core::ObservedRole;
 
 use super::decisions::{self, Counts, RoleChange, RECORDED_REASONS};
-use super::exposition::{flag, Exposition, Kind};
 use super::health::{self, Check, Inputs};
+use crate::exposition::{flag, Exposition, Kind};
 use crate::view::Snapshot;
 
 /// Renders every metric. `snapshot` is `None` when the store could not be read.
@@ -280,7 +280,7 @@ fn cluster_metrics(e: &mut Exposition, cluster: &str, snap: &Snapshot) {
         &c,
         Some(snap.proxies.len()),
     );
-    let json = crate::ctl::status::to_json(cluster, snap);
+    let json = crate::read_model::to_json(cluster, snap);
     e.gauge(
         "pgwarden_cluster_sync_standbys",
         "Standbys the status counts as synchronous (sync_mode on or strict).",

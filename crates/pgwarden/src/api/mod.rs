@@ -12,13 +12,11 @@
 //! other than GET/HEAD/OPTIONS are refused, 401 without the password from
 //! `--api-password-file` and 405 with it.
 //!
-//! The server loop (`http`) and the Prometheus writer (`exposition`) are
-//! shared with the proxy's metrics endpoint.
+//! The server loop ([`crate::http`]) and the Prometheus writer
+//! ([`crate::exposition`]) are shared with the proxy's metrics endpoint.
 
 mod decisions;
-pub mod exposition;
 mod health;
-pub mod http;
 mod metrics;
 mod routes;
 
@@ -33,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::decisions::Decisions;
-use crate::keeper::LocalState;
+use crate::local_state::LocalState;
 use crate::view::{self, Snapshot};
 
 /// How long a store snapshot serves lag checks and metrics.
@@ -123,7 +121,7 @@ pub async fn serve(
     tokio::join!(
         follow(local, published_tx, cancel.clone()),
         decisions::follow(ctx.store.clone(), &ctx.decisions, cancel.clone()),
-        http::serve(listener, "HTTP API", handler, cancel),
+        crate::http::serve(listener, "HTTP API", handler, cancel),
     );
 }
 

@@ -15,10 +15,10 @@ use pgwarden_core::ObservedRole;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::exposition::CONTENT_TYPE as PROMETHEUS;
 use super::health::{self, Check, Inputs, PrimaryPosition};
-use super::http::Body;
 use super::{load, metrics, ApiContext};
+use crate::exposition::CONTENT_TYPE as PROMETHEUS;
+use crate::http::Body;
 
 const JSON: &str = "application/json";
 const SAFE_METHODS: &str = "GET, HEAD, OPTIONS";
@@ -95,7 +95,7 @@ async fn cluster(ctx: &ApiContext) -> Response<Body> {
     match load(&ctx.store).await {
         Ok(snap) => json(
             StatusCode::OK,
-            &crate::ctl::status::to_json(&ctx.cluster, &snap),
+            &crate::read_model::to_json(&ctx.cluster, &snap),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }

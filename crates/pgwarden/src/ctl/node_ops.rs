@@ -11,7 +11,8 @@ use pgwarden_core::{keys, Assignment, ObservedRole};
 use pgwarden_store::{CasOutcome, Store};
 
 use super::role_change::{self, Ask};
-use super::{confirm, load_initialised, now_ms, update_spec};
+use super::{confirm, load_initialised, update_spec};
+use crate::clock::now_ms;
 use crate::view::Snapshot;
 
 /// How long one node may take to restart or re-clone before ctl gives up

@@ -83,7 +83,7 @@ pub async fn run(store: &Store, ask: Ask) -> anyhow::Result<()> {
     eprintln!("{}", describe(&snap));
     let target = ask.to.as_deref().unwrap_or("the best standby");
     confirm(&format!("{kind} to {target}?"), ask.yes)?;
-    let id = super::now_ms().max(snap.status.handled_request + 1);
+    let id = crate::clock::now_ms().max(snap.status.handled_request + 1);
     update_spec(store, |s| {
         s.request = Some(RoleRequest {
             id,

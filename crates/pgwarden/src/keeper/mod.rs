@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::config::{KeeperArgs, KeeperConfig};
-pub use self::node::LocalState;
 use self::node::Node;
 
 /// How often the keeper observes without a store event.

@@ -28,6 +28,7 @@ use super::primary_lease::{PostmasterPid, PrimaryLease};
 use super::uid_claim::{self, UidClaim};
 use super::watchdog::Watchdog;
 use super::TICK;
+use crate::local_state::LocalState;
 use crate::view;
 
 mod actions;
@@ -50,27 +51,6 @@ pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
 /// verdict before restarting it in place. The sentinel reacts to the report
 /// within milliseconds; this bounds the outage when no standby is eligible.
 const CRASH_VERDICT_WAIT: Duration = Duration::from_secs(2);
-
-/// What this keeper knows of itself, for its HTTP API: the report it
-/// publishes plus what only it can tell (whether its primary lease is still
-/// locally valid).
-#[derive(Debug, Clone)]
-pub struct LocalState {
-    /// The report as last published.
-    pub report: KeeperReport,
-    /// The status (of `generation`) assigns this node the primary role.
-    pub assigned_primary: bool,
-    /// The status generation the report was made under.
-    pub generation: u64,
-    /// Until when the primary lease is locally known valid (fencing deadline
-    /// not included); `None` when this keeper holds no primary lease.
-    pub lease_valid_until: Option<tokio::time::Instant>,
-    /// The primary lease's renewals since this keeper started (live counts,
-    /// shared by every primary lease it held).
-    pub lease_renewals: Renewals,
-    /// WAL bytes each replication slot on this node retains.
-    pub slot_retained_bytes: std::collections::BTreeMap<String, u64>,
-}
 
 pub struct Node {
     local: watch::Sender<Option<LocalState>>,

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::login::{self, NoPacket};
-use super::metrics::{Refusal, Stats};
 use super::relay::{relay, Ending};
+use super::stats::{Refusal, Stats};
 use super::table::{Port, Table};
 
 /// How long connecting to a backend may take before the client is let go.

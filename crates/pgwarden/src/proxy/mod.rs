@@ -23,6 +23,7 @@ mod control;
 mod login;
 mod metrics;
 mod relay;
+mod stats;
 mod table;
 
 use std::net::SocketAddr;

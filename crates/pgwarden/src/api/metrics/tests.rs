@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::api::decisions::Counts;
 use crate::api::health::PrimaryPosition;
-use crate::keeper::LocalState;
+use crate::local_state::LocalState;
 
 fn standby_state() -> LocalState {
     let mut r = KeeperReport::new("k2", "127.0.0.1", 5433, "http://127.0.0.1:8009");

@@ -10,7 +10,7 @@ use pgwarden_core::route::{NoPrimary, Routes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::proxy::metrics::Refusal;
+use crate::proxy::stats::Refusal;
 use crate::proxy::table;
 
 /// A backend that reads the first packet of each connection, greets it

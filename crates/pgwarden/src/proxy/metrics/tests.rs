@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::proxy::table::Port;
 
 #[test]
 fn counts_render_per_port_and_direction() {
@@ -69,9 +70,4 @@ fn counts_render_per_port_and_direction() {
         )),
         "25"
     );
-    let stats = Arc::new(Stats::default());
-    let open = stats.open(Port::ReadOnly);
-    assert_eq!(stats.port(Port::ReadOnly).active.load(Ordering::Relaxed), 1);
-    drop(open);
-    assert_eq!(stats.port(Port::ReadOnly).active.load(Ordering::Relaxed), 0);
 }

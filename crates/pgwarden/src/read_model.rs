@@ -1,5 +1,6 @@
-//! `ctl status`: the cluster as a table for people and as the JSON object of
-//! the CLI contract for scripts. Both are pure functions of a snapshot.
+//! The status read model: the cluster as people (`ctl status`'s table) and
+//! scripts (the JSON of the CLI contract, also the API's `/cluster` and the
+//! source of its metrics) see it. Both are pure functions of a snapshot.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
