@@ -92,6 +92,7 @@ impl Node {
     /// its last checkpoint's (older) timeline, so the highest seen is kept.
     pub(super) async fn probe(&mut self) -> Option<PgStatus> {
         let mut status = self.query_status().await?;
+        self.undo_alter_system().await;
         status.timeline = status.timeline.max(self.known_timeline());
         let position = status
             .current_lsn
@@ -100,6 +101,22 @@ impl Node {
             self.last_position = Some((lsn, status.timeline));
         }
         Some(status)
+    }
+
+    /// Resets managed parameters an `ALTER SYSTEM` put into
+    /// postgresql.auto.conf, and reloads (see `pgwarden_pg::auto_conf`): the
+    /// start-time strip alone would let `ALTER SYSTEM` plus a reload apply
+    /// until the next start.
+    async fn undo_alter_system(&self) {
+        let Some(client) = &self.client else { return };
+        match pgwarden_pg::reset_managed_auto_conf(client).await {
+            Ok(reset) if !reset.is_empty() => tracing::warn!(
+                ?reset,
+                "postgres: ALTER SYSTEM had set parameters pgwarden manages; reset them and reloaded (set other parameters in the cluster spec)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not check postgresql.auto.conf for managed parameters"),
+        }
     }
 
     pub(super) fn known_timeline(&self) -> u32 {
