@@ -365,6 +365,19 @@ pub async fn pgbench(port: u16, select_only: bool, clients: u32, seconds: u64) -
         .0
 }
 
+/// One timed pgbench run of the custom script `script` (`-f`).
+pub async fn pgbench_script(
+    port: u16,
+    script: &std::path::Path,
+    clients: u32,
+    seconds: u64,
+) -> PgbenchRun {
+    let script = script.to_string_lossy();
+    pgbench_run(port, false, clients, seconds, &["-f", &script])
+        .await
+        .0
+}
+
 async fn pgbench_run(
     port: u16,
     select_only: bool,

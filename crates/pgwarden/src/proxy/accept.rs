@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::login::{self, NoPacket};
-use super::relay::{relay, Ending};
+use super::relay::{relay, Ending, RelayMode};
 use super::stats::{Refusal, Stats};
 use super::table::{Port, Table};
 
@@ -104,6 +104,8 @@ pub struct Shared {
     malformed: RateLimited,
     /// Counts for the metrics endpoint.
     pub stats: Arc<Stats>,
+    /// How relays move bytes.
+    relay: RelayMode,
 }
 
 impl Shared {
@@ -120,7 +122,14 @@ impl Shared {
             full: RateLimited::new(WARN_INTERVAL),
             unreachable: RateLimited::new(WARN_INTERVAL),
             stats: Arc::default(),
+            relay: RelayMode::Copy,
         }
+    }
+
+    /// Relays with `mode` (copying by default).
+    pub fn relaying(mut self, mode: RelayMode) -> Self {
+        self.relay = mode;
+        self
     }
 
     /// The limit of open client connections.
@@ -291,7 +300,7 @@ async fn handle(
     }
     tracing::debug!(port = %port, %peer, %backend, first = %packet.header.kind, "relaying");
     drop(packet);
-    let relayed = relay(client, server, &cut, &shared.stats.traffic).await;
+    let relayed = relay(client, server, &cut, &shared.stats.traffic, shared.relay).await;
     if relayed.ending == Ending::Cut {
         shared.stats.cut(port);
     }

@@ -41,6 +41,7 @@ use tracing::Instrument;
 
 use self::accept::Shared;
 use self::control::Control;
+use self::relay::RelayMode;
 use self::table::{Port, Table};
 use crate::StoreArgs;
 
@@ -48,9 +49,6 @@ use crate::StoreArgs;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// How long shutdown waits for the accept loops to finish.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-/// File descriptors each client connection may hold: its own socket and
-/// the backend's.
-const FILES_PER_CONNECTION: u64 = 2;
 /// File descriptors beyond the connections: listeners, etcd, the metrics
 /// endpoint, logs, the runtime's own.
 const FILES_SPARE: u64 = 64;
@@ -79,6 +77,12 @@ pub struct ProxyArgs {
     /// dropped; no postgres backend is opened before that packet.
     #[arg(long, value_name = "DURATION", default_value_t = HumanDuration(accept::DEFAULT_LOGIN_TIMEOUT))]
     pub client_login_timeout: HumanDuration,
+    /// How bytes move between client and postgres: `copy` (read and write
+    /// through a buffer) or `splice` (splice(2) through a pipe per
+    /// direction, four more open files per connection). See
+    /// docs/benchmarks.md for what each costs.
+    #[arg(long, value_enum, default_value_t = RelayMode::Copy)]
+    pub relay: RelayMode,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics; off when absent.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -98,7 +102,7 @@ pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<(
     if args.client_login_timeout.0.is_zero() {
         bail!("--client-login-timeout must be more than 0s (e.g. 10s)");
     }
-    raise_open_files(args.max_connections)?;
+    raise_open_files(args.max_connections, args.relay)?;
     if args
         .read_only_port
         .is_some_and(|p| p == args.port && p != 0)
@@ -128,10 +132,9 @@ pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<(
             0,
             "the cluster has not been read yet",
         )));
-        let shared = Arc::new(Shared::new(
-            args.max_connections,
-            args.client_login_timeout.0,
-        ));
+        let shared = Arc::new(
+            Shared::new(args.max_connections, args.client_login_timeout.0).relaying(args.relay),
+        );
         let root = cancel.child_token();
         let mut listeners = vec![(primary, Port::Primary)];
         listeners.extend(read_only.map(|l| (l, Port::ReadOnly)));
@@ -248,10 +251,10 @@ async fn bind(address: &str, port: u16, flag: &str) -> anyhow::Result<TcpListene
 /// Raises the soft limit of open files to the hard one, so that
 /// `--max-connections` is not cut short by a default of 1024; fails, naming
 /// both fixes, when even the hard limit is too low.
-fn raise_open_files(max_connections: usize) -> anyhow::Result<()> {
+fn raise_open_files(max_connections: usize, relay: RelayMode) -> anyhow::Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("read RLIMIT_NOFILE")?;
-    let needed = files_needed(max_connections);
+    let needed = files_needed(max_connections, relay);
     if hard < needed {
         bail!(
             "--max-connections {max_connections} needs up to {needed} open files, but their hard limit (RLIMIT_NOFILE) is {hard}: raise it (LimitNOFILE= in the systemd unit, ulimit -Hn) or lower --max-connections"
@@ -264,9 +267,9 @@ fn raise_open_files(max_connections: usize) -> anyhow::Result<()> {
 }
 
 /// Open files a proxy with `max_connections` may hold at once.
-fn files_needed(max_connections: usize) -> u64 {
+fn files_needed(max_connections: usize, relay: RelayMode) -> u64 {
     (max_connections as u64)
-        .saturating_mul(FILES_PER_CONNECTION)
+        .saturating_mul(relay.files_per_connection())
         .saturating_add(FILES_SPARE)
 }
 
@@ -310,10 +313,13 @@ mod tests {
     fn open_files_are_raised_to_the_hard_limit_or_refused_when_it_is_too_low() {
         use nix::sys::resource::{getrlimit, Resource};
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        raise_open_files(10).unwrap();
+        raise_open_files(10, RelayMode::Copy).unwrap();
         assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
-        let too_many = usize::try_from(hard / FILES_PER_CONNECTION + 1).unwrap_or(usize::MAX);
-        let err = raise_open_files(too_many).unwrap_err().to_string();
+        let too_many = usize::try_from(hard / RelayMode::Copy.files_per_connection() + 1)
+            .unwrap_or(usize::MAX);
+        let err = raise_open_files(too_many, RelayMode::Copy)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!("--max-connections {too_many} needs up to "))
                 && err.contains(&format!("hard limit (RLIMIT_NOFILE) is {hard}")),

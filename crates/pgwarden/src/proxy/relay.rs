@@ -35,6 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::unistd::pipe2;
+use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +83,11 @@ pub struct Traffic {
 
 /// One end of a relay: a byte stream that may know when a read drained it.
 pub trait Side: AsyncRead + AsyncWrite + Unpin {
+    /// The TCP socket underneath, which splice(2) can move bytes from and to.
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+
     /// Reads like `poll_read`; a stream that can tell that the read left
     /// nothing behind marks itself not readable, saving the next read.
     fn poll_read_drained(
@@ -94,6 +102,10 @@ pub trait Side: AsyncRead + AsyncWrite + Unpin {
 impl Side for tokio::io::DuplexStream {}
 
 impl Side for TcpStream {
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+
     fn poll_read_drained(
         &mut self,
         cx: &mut Context<'_>,
@@ -133,13 +145,15 @@ pub async fn relay<C, B>(
     mut backend: B,
     cut: &CancellationToken,
     traffic: &Traffic,
+    mode: RelayMode,
 ) -> Relayed
 where
     C: Side,
     B: Side,
 {
-    let mut up = Pump::new(&traffic.to_backend);
-    let mut down = Pump::new(&traffic.to_client);
+    let splice = splices(mode, &client, &backend);
+    let mut up = Pump::new(&traffic.to_backend, splice);
+    let mut down = Pump::new(&traffic.to_client, splice);
     let cancelled = cut.cancelled();
     tokio::pin!(cancelled);
     // Armed once the client has closed.
@@ -150,12 +164,12 @@ where
         }
         // Backend to client first: when the backend closed, that is the end.
         match down.poll(cx, &mut backend, &mut client) {
-            Poll::Ready(Ok(())) if up.done => return Poll::Ready(Ending::ClientClosed),
+            Poll::Ready(Ok(())) if up.done() => return Poll::Ready(Ending::ClientClosed),
             Poll::Ready(Ok(())) => return Poll::Ready(Ending::BackendClosed),
             Poll::Ready(Err(e)) => return Poll::Ready(Ending::Error(e.kind())),
             Poll::Pending => {}
         }
-        if !up.done {
+        if !up.done() {
             match up.poll(cx, &mut client, &mut backend) {
                 Poll::Ready(Ok(())) => linger = Some(Box::pin(tokio::time::sleep(LINGER))),
                 Poll::Ready(Err(e)) => return Poll::Ready(Ending::Error(e.kind())),
@@ -172,14 +186,95 @@ where
     .await;
     Relayed {
         ending,
-        to_backend: up.bytes,
-        to_client: down.bytes,
+        to_backend: up.bytes(),
+        to_client: down.bytes(),
+    }
+}
+
+/// Whether a relay between `client` and `backend` splices: when asked to,
+/// and only between two TCP sockets.
+fn splices<C: Side, B: Side>(mode: RelayMode, client: &C, backend: &B) -> bool {
+    mode == RelayMode::Splice && client.as_tcp().is_some() && backend.as_tcp().is_some()
+}
+
+/// How a relay moves bytes between two TCP sockets (`--relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RelayMode {
+    /// read(2) into a buffer of ours, write(2) it out.
+    #[default]
+    Copy,
+    /// splice(2) through a pipe per direction: the bytes never enter user
+    /// space, at the price of a pipe (two more descriptors) per direction.
+    Splice,
+}
+
+impl RelayMode {
+    /// File descriptors a relayed connection holds: its two sockets, plus
+    /// the pipes when splicing.
+    pub fn files_per_connection(self) -> u64 {
+        match self {
+            RelayMode::Copy => 2,
+            RelayMode::Splice => 6,
+        }
+    }
+}
+
+/// One direction of the relay.
+enum Pump<'a> {
+    Copy(CopyPump<'a>),
+    Splice(SplicePump<'a>),
+}
+
+impl<'a> Pump<'a> {
+    /// A splicing pump when asked for and a pipe can be had (else copying:
+    /// the relay works either way).
+    fn new(counted: &'a AtomicU64, splice: bool) -> Self {
+        if splice {
+            match SplicePump::new(counted) {
+                Ok(p) => return Pump::Splice(p),
+                Err(e) => tracing::debug!(error = %e, "no pipe for splice(2): copying instead"),
+            }
+        }
+        Pump::Copy(CopyPump::new(counted))
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Pump::Copy(p) => p.done,
+            Pump::Splice(p) => p.done,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Pump::Copy(p) => p.bytes,
+            Pump::Splice(p) => p.bytes,
+        }
+    }
+
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>>
+    where
+        R: Side,
+        W: Side,
+    {
+        match self {
+            Pump::Copy(p) => p.poll(cx, reader, writer),
+            Pump::Splice(p) => match (reader.as_tcp(), writer.as_tcp()) {
+                (Some(r), Some(w)) => p.poll(cx, r, w),
+                _ => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+            },
+        }
     }
 }
 
 /// One direction of the relay: read into the buffer, write it all out, repeat;
 /// on EOF shut the writer down.
-struct Pump<'a> {
+struct CopyPump<'a> {
     /// The shared count of this direction.
     counted: &'a AtomicU64,
     buf: Box<[u8]>,
@@ -191,9 +286,9 @@ struct Pump<'a> {
     bytes: u64,
 }
 
-impl<'a> Pump<'a> {
+impl<'a> CopyPump<'a> {
     fn new(counted: &'a AtomicU64) -> Self {
-        Pump {
+        CopyPump {
             counted,
             buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
             start: 0,
@@ -263,6 +358,111 @@ impl<'a> Pump<'a> {
     }
 }
 
+/// Most bytes one splice(2) moves into the pipe: its default capacity, so
+/// that a splice into the (empty) pipe never blocks on the pipe itself.
+const PIPE_CHUNK: usize = 64 * 1024;
+
+/// One direction relayed with splice(2): socket to pipe, pipe to socket,
+/// inside the kernel. The pipe is filled only when empty, so `EAGAIN` from
+/// the first splice always means the socket had nothing, and from the second
+/// that the peer's socket is full.
+struct SplicePump<'a> {
+    counted: &'a AtomicU64,
+    pipe_read: OwnedFd,
+    pipe_write: OwnedFd,
+    /// Bytes in the pipe, not yet written out.
+    in_pipe: usize,
+    eof: bool,
+    done: bool,
+    bytes: u64,
+}
+
+impl<'a> SplicePump<'a> {
+    fn new(counted: &'a AtomicU64) -> io::Result<Self> {
+        let (pipe_read, pipe_write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        Ok(SplicePump {
+            counted,
+            pipe_read,
+            pipe_write,
+            in_pipe: 0,
+            eof: false,
+            done: false,
+            bytes: 0,
+        })
+    }
+
+    /// Ready(Ok) once the reader hit EOF, everything was written and the
+    /// writer was shut down.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &TcpStream,
+        writer: &TcpStream,
+    ) -> Poll<io::Result<()>> {
+        const FLAGS: SpliceFFlags =
+            SpliceFFlags::SPLICE_F_NONBLOCK.union(SpliceFFlags::SPLICE_F_MOVE);
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.in_pipe == 0 && !self.eof {
+                ready!(reader.poll_read_ready(cx))?;
+                let moved = reader.try_io(Interest::READABLE, || {
+                    Ok(splice(
+                        reader,
+                        None,
+                        &self.pipe_write,
+                        None,
+                        PIPE_CHUNK,
+                        FLAGS,
+                    )?)
+                });
+                match moved {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => self.in_pipe = n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            while self.in_pipe > 0 {
+                ready!(writer.poll_write_ready(cx))?;
+                let moved = writer.try_io(Interest::WRITABLE, || {
+                    Ok(splice(
+                        &self.pipe_read,
+                        None,
+                        writer,
+                        None,
+                        self.in_pipe,
+                        FLAGS,
+                    )?)
+                });
+                match moved {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.bytes += n as u64;
+                        self.counted.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if self.eof {
+                nix::sys::socket::shutdown(writer.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+                    .or_else(|e| {
+                    if e == nix::errno::Errno::ENOTCONN {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,7 +481,14 @@ mod tests {
         let task = {
             let cut = cut.clone();
             tokio::spawn(async move {
-                relay(client_side, backend_side, &cut, &Traffic::default()).await
+                relay(
+                    client_side,
+                    backend_side,
+                    &cut,
+                    &Traffic::default(),
+                    RelayMode::Copy,
+                )
+                .await
             })
         };
         (client_app, backend_app, cut, task)
@@ -390,7 +597,9 @@ mod tests {
         let cut = CancellationToken::new();
         let task = {
             let (cut, traffic) = (cut.clone(), traffic.clone());
-            tokio::spawn(async move { relay(client_side, backend_side, &cut, &traffic).await })
+            tokio::spawn(async move {
+                relay(client_side, backend_side, &cut, &traffic, RelayMode::Copy).await
+            })
         };
         client.write_all(b"query").await.unwrap();
         let mut got = [0u8; 5];
@@ -453,25 +662,48 @@ mod tests {
     }
 
     /// (client app end, backend app end, relay task) over real sockets, so
-    /// that the relay reads with the TCP short-read path.
-    async fn start_tcp() -> (TcpStream, TcpStream, tokio::task::JoinHandle<Relayed>) {
+    /// that the relay reads with the TCP short-read path or splices.
+    async fn start_tcp(
+        mode: RelayMode,
+    ) -> (
+        TcpStream,
+        TcpStream,
+        CancellationToken,
+        tokio::task::JoinHandle<Relayed>,
+    ) {
         let (client_app, client_side) = tcp_pair().await;
         let (backend_side, backend_app) = tcp_pair().await;
-        let task = tokio::spawn(async move {
-            relay(
-                client_side,
-                backend_side,
-                &CancellationToken::new(),
-                &Traffic::default(),
-            )
-            .await
-        });
-        (client_app, backend_app, task)
+        let cut = CancellationToken::new();
+        let task = {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                relay(client_side, backend_side, &cut, &Traffic::default(), mode).await
+            })
+        };
+        (client_app, backend_app, cut, task)
+    }
+
+    /// Both ways of relaying, for every TCP test.
+    const MODES: [RelayMode; 2] = [RelayMode::Copy, RelayMode::Splice];
+
+    #[tokio::test]
+    async fn splicing_is_used_only_between_two_tcp_sockets() {
+        let (a, b) = tcp_pair().await;
+        let (d, _e) = duplex(64);
+        assert!(splices(RelayMode::Splice, &a, &b));
+        assert!(!splices(RelayMode::Copy, &a, &b));
+        assert!(!splices(RelayMode::Splice, &a, &d));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_tcp_many_small_round_trips_never_miss_a_wakeup() {
-        let (mut client, mut backend, task) = start_tcp().await;
+        for mode in MODES {
+            small_round_trips(mode).await;
+        }
+    }
+
+    async fn small_round_trips(mode: RelayMode) {
+        let (mut client, mut backend, _cut, task) = start_tcp(mode).await;
         let server = tokio::spawn(async move {
             let mut buf = [0u8; 64];
             loop {
@@ -500,7 +732,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_tcp_large_transfers_both_ways_arrive_intact_and_eof_ends_it() {
-        let (client, backend, task) = start_tcp().await;
+        for mode in MODES {
+            large_transfers(mode).await;
+        }
+    }
+
+    async fn large_transfers(mode: RelayMode) {
+        let (client, backend, _cut, task) = start_tcp(mode).await;
         let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let down: Vec<u8> = (0..5_000_000u32).map(|i| (i % 241) as u8).collect();
         let (mut c_read, mut c_write) = client.into_split();
@@ -534,5 +772,39 @@ mod tests {
             (relayed.ending, relayed.to_backend, relayed.to_client),
             (Ending::BackendClosed, up.len() as u64, down.len() as u64)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tcp_the_client_closing_is_passed_on_and_a_cut_ends_it() {
+        for mode in MODES {
+            // The client closes: the backend sees EOF and its answer still
+            // reaches the client before the relay ends.
+            let (mut client, mut backend, _cut, task) = start_tcp(mode).await;
+            client.write_all(b"bye").await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(read_tcp_to_end(&mut backend).await, b"bye", "{mode:?}");
+            backend.write_all(b"ok").await.unwrap();
+            drop(backend);
+            assert_eq!(read_tcp_to_end(&mut client).await, b"ok", "{mode:?}");
+            let relayed = task.await.unwrap();
+            assert_eq!((relayed.to_backend, relayed.to_client), (3, 2), "{mode:?}");
+
+            // A cut ends it at once with both sides open.
+            let (mut client, mut backend, cut, task) = start_tcp(mode).await;
+            cut.cancel();
+            let relayed = tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("a cut ends the relay")
+                .unwrap();
+            assert_eq!(relayed.ending, Ending::Cut, "{mode:?}");
+            assert_eq!(read_tcp_to_end(&mut client).await, b"");
+            assert_eq!(read_tcp_to_end(&mut backend).await, b"");
+        }
+    }
+
+    async fn read_tcp_to_end(s: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        out
     }
 }
