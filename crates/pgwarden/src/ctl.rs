@@ -361,8 +361,18 @@ async fn init(
             // A fresh status, but with a higher generation: keepers and
             // proxies ignore any status older than the one they applied.
             let old = view::load(store).await.context("read the cluster status")?;
+            // Past every generation carried out, not only the status's own:
+            // a status that did not parse reads as generation 0.
+            let carried_out = old
+                .keepers
+                .values()
+                .map(|r| r.applied_generation)
+                .chain(old.proxies.values().copied());
+            let generation = generation_after(old.status.generation, carried_out).ok_or_else(|| {
+                anyhow!("the status generation cannot grow past {}: nothing reset; the status must be rewritten by hand", u64::MAX)
+            })?;
             let fresh = pgwarden_core::Status {
-                generation: old.status.generation + 1,
+                generation,
                 history: old.status.history.clone(),
                 ..pgwarden_core::Status::default()
             };
@@ -380,6 +390,16 @@ async fn init(
             Ok(())
         }
     }
+}
+
+/// The generation of a reset status: one past the status's own and every
+/// one a keeper or proxy carried out (they ignore older statuses); `None`
+/// on overflow.
+fn generation_after(status: u64, carried_out: impl IntoIterator<Item = u64>) -> Option<u64> {
+    carried_out
+        .into_iter()
+        .fold(status, u64::max)
+        .checked_add(1)
 }
 
 /// Asks on a terminal; refuses without one unless `--yes`.
@@ -534,6 +554,16 @@ fn parse_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_status_outranks_every_generation_carried_out() {
+        // An unreadable status reads as generation 0; keepers carried out 41.
+        assert_eq!(generation_after(0, [41, 7, 3]), Some(42));
+        assert_eq!(generation_after(9, [4]), Some(10));
+        assert_eq!(generation_after(5, []), Some(6));
+        assert_eq!(generation_after(u64::MAX, []), None);
+        assert_eq!(generation_after(0, [u64::MAX]), None);
+    }
 
     #[test]
     fn set_field_handles_types_and_nested_parameters() {
