@@ -18,7 +18,8 @@ pub const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How far back the chart goes.
 pub const LAG_HISTORY_SPAN: Duration = Duration::from_secs(15 * 60);
 /// Samples kept: one per [`LAG_SAMPLE_EVERY`] over [`LAG_HISTORY_SPAN`].
-pub const LAG_HISTORY_LEN: usize = (LAG_HISTORY_SPAN.as_secs() / LAG_SAMPLE_EVERY.as_secs()) as usize;
+pub const LAG_HISTORY_LEN: usize =
+    (LAG_HISTORY_SPAN.as_secs() / LAG_SAMPLE_EVERY.as_secs()) as usize;
 
 /// The lag of every standby at one instant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -220,7 +220,11 @@ pub(super) fn error(status: StatusCode, message: String) -> Response<Body> {
     respond(status, JSON, body.into_bytes())
 }
 
-pub(super) fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+pub(super) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()

@@ -43,7 +43,10 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 
 /// Whether `path` is one of the dashboard's.
 pub fn is_route(path: &str) -> bool {
-    matches!(path, "/ui" | "/ui/" | "/ui/app.js" | "/ui/style.css" | "/ui/data")
+    matches!(
+        path,
+        "/ui" | "/ui/" | "/ui/app.js" | "/ui/style.css" | "/ui/data"
+    )
 }
 
 /// Answers a GET of one of the dashboard's paths.
@@ -62,10 +65,7 @@ pub async fn handle(ctx: &ApiContext, path: &str, query: Option<&str>) -> Respon
         },
     };
     let headers = r.headers_mut();
-    headers.insert(
-        CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(POLICY),
-    );
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         "x-content-type-options",
@@ -98,11 +98,7 @@ struct UiData {
 
 async fn data(ctx: &ApiContext, since: Option<u64>) -> Response<Body> {
     let (status, store_error, upstreams) = match load(&ctx.store).await {
-        Ok(snap) => (
-            Some(to_json(&ctx.cluster, &snap)),
-            None,
-            upstreams(&snap),
-        ),
+        Ok(snap) => (Some(to_json(&ctx.cluster, &snap)), None, upstreams(&snap)),
         Err(e) => (None, Some(e), BTreeMap::new()),
     };
     let lag = ctx

@@ -148,7 +148,8 @@ function renderBanners(s) {
   if (!s) return;
   const primary = (s.members || []).find((m) => m.uid === s.primary);
   if (!s.primary) add("bad", "No primary: nothing accepts writes.");
-  else if (!primary || !primary.healthy || primary.state !== "primary") add("bad", "The primary " + s.primary + " is not healthy.");
+  else if (!primary || !primary.healthy) add("bad", "The primary " + s.primary + " is not healthy: writes fail.");
+  else if (primary.state !== "primary") add("warn", "Promoting " + s.primary + ": it does not accept writes yet.");
   if (s.deposed) add("warn", "Failover in progress: " + s.deposed + " deposed, promoting " + (s.target || "the best standby") + ".");
   if (s.paused) add("warn", "Paused: no automatic failover until `pgwarden ctl resume`.");
   if (s.writes_blocked) add("bad", "Writes blocked: no synchronous standby confirms commits (strict mode).");
@@ -174,16 +175,22 @@ function renderTopology(s, upstreams) {
   // Members with no role (not assigned yet, or removed) go last.
   const loose = (m) => m.role === "none" && m.uid !== s.primary;
   const deepest = Math.max(0, ...members.filter((m) => !loose(m)).map((m) => depth[m.uid]));
-  const rows = [];
+  const byRow = [];
   for (const m of members) {
     const row = loose(m) ? deepest + 1 : depth[m.uid];
-    (rows[row] = rows[row] || []).push(m);
+    (byRow[row] = byRow[row] || []).push(m);
   }
+  // Without empty rows (a sparse array would make the sizes NaN).
+  const rows = byRow.filter((r) => r && r.length);
   const W = 190, H = 70, GAP_X = 24, GAP_Y = 56, PAD = 12;
-  const widest = Math.max(1, ...rows.map((r) => (r ? r.length : 0)));
+  const widest = Math.max(1, ...rows.map((r) => r.length));
   const width = PAD * 2 + widest * W + (widest - 1) * GAP_X;
   const height = PAD * 2 + rows.length * H + Math.max(0, rows.length - 1) * GAP_Y;
-  root.setAttribute("viewBox", "0 0 " + width + " " + Math.max(height, H + 2 * PAD));
+  const fullHeight = Math.max(height, H + 2 * PAD);
+  root.setAttribute("viewBox", "0 0 " + width + " " + fullHeight);
+  // Natural size on a laptop, shrunk to fit a phone (style.css).
+  root.setAttribute("width", width);
+  root.setAttribute("height", fullHeight);
   const defs = svg("defs");
   for (const kind of ["plain", "sync"]) {
     const marker = svg("marker", { id: "arrow-" + kind, viewBox: "0 0 10 10", refX: "9", refY: "5", markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" });
@@ -193,7 +200,6 @@ function renderTopology(s, upstreams) {
   root.append(defs);
   const pos = {};
   rows.forEach((row, r) => {
-    if (!row) return;
     const rowWidth = row.length * W + (row.length - 1) * GAP_X;
     const x0 = (width - rowWidth) / 2;
     row.forEach((m, i) => { pos[m.uid] = { x: x0 + i * (W + GAP_X), y: PAD + r * (H + GAP_Y) }; });
@@ -263,23 +269,30 @@ function niceMax(v) {
 function renderLag(s) {
   const root = $("lag-chart");
   clear(root);
-  const W = 800, H = 260, L = 64, R = 10, T = 10, B = 30;
+  // Drawn at the size it shows, so that its labels stay legible on a phone.
+  const W = Math.max(300, Math.round(root.getBoundingClientRect().width) || 800);
+  const H = W < 500 ? 200 : 260, L = 64, R = 10, T = 10, B = 30;
+  root.setAttribute("viewBox", "0 0 " + W + " " + H);
   const now = state.now;
-  const from = now - state.spanMs;
+  // The window grows with the history, from a minute to the full span, so
+  // that a young history is not a sliver at the right edge.
+  const oldest = state.samples.length ? state.samples[0].at_ms : now;
+  const windowMs = Math.min(state.spanMs, Math.max(60000, now - oldest));
+  const from = now - windowMs;
   const uids = new Set();
   let max = 0;
   for (const smp of state.samples) for (const [u, v] of Object.entries(smp.lag_bytes)) { uids.add(u); max = Math.max(max, v); }
   const top = niceMax(max);
-  const x = (t) => L + ((t - from) / state.spanMs) * (W - L - R);
+  const x = (t) => L + ((t - from) / windowMs) * (W - L - R);
   const y = (v) => T + (1 - v / top) * (H - T - B);
   for (const f of [0, 0.5, 1]) {
     root.append(svg("line", { x1: L, x2: W - R, y1: y(top * f), y2: y(top * f), class: "grid" }));
     root.append(svg("text", { x: L - 6, y: y(top * f) + 4, "text-anchor": "end", class: "small" }, bytes(top * f)));
   }
-  for (const back of [15, 10, 5, 0]) {
-    const t = now - back * 60000;
-    const label = back === 0 ? "now" : "-" + back + " min";
-    const tx = svg("text", { x: x(t), y: H - 8, "text-anchor": back === 15 ? "start" : back === 0 ? "end" : "middle", class: "small" }, label);
+  for (const f of [1, 2 / 3, 1 / 3, 0]) {
+    const t = now - f * windowMs;
+    const label = f === 0 ? "now" : "-" + ago(f * windowMs);
+    const tx = svg("text", { x: x(t), y: H - 8, "text-anchor": f === 1 ? "start" : f === 0 ? "end" : "middle", class: "small" }, label);
     tx.append(svg("title", {}, new Date(t).toLocaleTimeString() + " (" + utc(t) + ")"));
     root.append(tx);
   }
@@ -289,10 +302,11 @@ function renderLag(s) {
   for (const u of standbys) uids.add(u);
   for (const uid of [...uids].sort()) {
     const c = colourOf(uid);
-    let d = "", points = 0, prev = null;
+    let d = "", points = 0, prev = null, end = null;
     for (const smp of state.samples) {
       const v = smp.lag_bytes[uid];
       if (v === undefined) { prev = null; continue; }
+      end = [x(smp.at_ms), y(v)];
       const gap = prev !== null && smp.at_ms - prev > 3 * state.everyMs;
       d += (prev === null || gap ? "M" : "L") + x(smp.at_ms).toFixed(1) + "," + y(v).toFixed(1) + " ";
       prev = smp.at_ms;
@@ -302,12 +316,21 @@ function renderLag(s) {
       const path = svg("path", { d: d.trim(), class: "series", stroke: COLOURS[c], "data-uid": uid, "data-points": points });
       path.append(svg("title", {}, uid));
       root.append(path);
+      // The newest point, so that a lone sample still shows.
+      root.append(svg("circle", { cx: end[0].toFixed(1), cy: end[1].toFixed(1), r: 3.5, fill: COLOURS[c] }));
     }
     const member = (s.members || []).find((m) => m.uid === uid);
     const li = el("li", { "data-uid": uid });
     li.append(el("span", { class: "swatch c" + c }), uid + ": " + bytes(member ? member.lag_bytes : null) + trend(uid));
     legend.append(li);
   }
+}
+
+function ago(ms) {
+  const secs = Math.round(ms / 1000);
+  if (secs < 120) return secs + " s";
+  const m = Math.floor(secs / 60), r = secs % 60;
+  return m + " min" + (r ? " " + r + " s" : "");
 }
 
 // Whether a standby's lag is getting better or worse: now against 30 s ago.

@@ -95,7 +95,11 @@ fn the_routes_are_exact() {
 fn the_page_loads_nothing_from_elsewhere() {
     // The one absolute URL allowed is the SVG namespace, which is a name,
     // not a fetch.
-    for (name, text) in [("index.html", PAGE), ("app.js", SCRIPT), ("style.css", STYLE)] {
+    for (name, text) in [
+        ("index.html", PAGE),
+        ("app.js", SCRIPT),
+        ("style.css", STYLE),
+    ] {
         let stripped = text.replace("\"http://www.w3.org/2000/svg\"", "");
         for needle in ["http://", "https://", "//cdn", "@import", "url(http"] {
             assert!(!stripped.contains(needle), "{name} contains {needle}");
@@ -109,10 +113,22 @@ fn the_page_loads_nothing_from_elsewhere() {
 fn store_strings_never_become_markup() {
     // Everything from the store goes through textContent; the content
     // security policy forbids inline script besides.
-    for forbidden in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+    for forbidden in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
         assert!(!SCRIPT.contains(forbidden), "app.js uses {forbidden}");
     }
-    assert!(!PAGE.contains("<script>"), "inline script would break the policy");
-    assert!(!PAGE.contains("style=\""), "inline style would break the policy");
+    assert!(
+        !PAGE.contains("<script>"),
+        "inline script would break the policy"
+    );
+    assert!(
+        !PAGE.contains("style=\""),
+        "inline style would break the policy"
+    );
     assert!(POLICY.contains("script-src 'self'"));
 }
