@@ -136,6 +136,36 @@ async fn the_dashboard_shows_the_cluster_and_a_failover_live() {
         );
     }
 
+    // Synchronous standbys are marked, and a paused cluster says so.
+    c.ctl_ok(&["spec", "set", "sync_mode=on"]);
+    let marked = b
+        .wait_for(
+            "a synchronous standby marked in the topology",
+            PAGE_READY,
+            r##"const g = [...document.querySelectorAll("#topology g.node")].filter((g) => g.querySelector(".badge"));
+            const edges = document.querySelectorAll("#topology line.edge.sync").length;
+            return g.length >= 1 && edges === g.length ? g.map((x) => x.dataset.uid) : null;"##,
+        )
+        .await;
+    eprintln!("synchronous standbys marked: {marked}");
+    for uid in marked.as_array().unwrap() {
+        assert!(standbys.iter().any(|s| s == uid), "{marked}");
+    }
+    c.ctl_ok(&["pause"]);
+    b.wait_for(
+        "the paused banner",
+        PAGE_READY,
+        r##"return [...document.querySelectorAll("#banners .banner")].some((x) => x.textContent.startsWith("Paused"));"##,
+    )
+    .await;
+    c.ctl_ok(&["resume"]);
+    b.wait_for(
+        "the paused banner to go",
+        PAGE_READY,
+        r##"return ![...document.querySelectorAll("#banners .banner")].some((x) => x.textContent.startsWith("Paused"));"##,
+    )
+    .await;
+
     // 2. The lag chart draws a line of several points per standby (under
     // some writes, so that the lag has a chance to show).
     let writer = connect(c.port_of(&primary)).await.unwrap();

@@ -319,9 +319,10 @@ function renderLag(s) {
       // The newest point, so that a lone sample still shows.
       root.append(svg("circle", { cx: end[0].toFixed(1), cy: end[1].toFixed(1), r: 3.5, fill: COLOURS[c] }));
     }
-    const member = (s.members || []).find((m) => m.uid === uid);
+    // The newest sample's value, so that the legend agrees with the line.
+    const newest = state.samples.length ? state.samples[state.samples.length - 1].lag_bytes[uid] : undefined;
     const li = el("li", { "data-uid": uid });
-    li.append(el("span", { class: "swatch c" + c }), uid + ": " + bytes(member ? member.lag_bytes : null) + trend(uid));
+    li.append(el("span", { class: "swatch c" + c }), uid + ": " + bytes(newest ?? null) + trend(uid));
     legend.append(li);
   }
 }
