@@ -291,10 +291,12 @@ async fn the_dashboard_shows_the_cluster_and_a_failover_live() {
         .wait_for(
             "the page to fit a phone's width",
             Duration::from_secs(10),
-            "return window.innerWidth <= 500 && document.documentElement.scrollWidth <= window.innerWidth + 1 ? [window.innerWidth, document.documentElement.scrollWidth] : null;",
+            r##"const chart = document.getElementById("lag-chart").viewBox.baseVal.width;
+            return window.innerWidth <= 500 && chart <= 500 && document.documentElement.scrollWidth <= window.innerWidth + 1
+                ? [window.innerWidth, document.documentElement.scrollWidth, chart] : null;"##,
         )
         .await;
-    eprintln!("phone width: viewport, page width {fits}");
+    eprintln!("phone width: viewport, page, lag chart widths {fits}");
     let dark = b
         .execute("return getComputedStyle(document.body).backgroundColor;")
         .await;
