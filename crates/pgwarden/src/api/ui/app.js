@@ -319,8 +319,9 @@ function renderLag(s) {
       // The newest point, so that a lone sample still shows.
       root.append(svg("circle", { cx: end[0].toFixed(1), cy: end[1].toFixed(1), r: 3.5, fill: COLOURS[c] }));
     }
-    // The newest sample's value, so that the legend agrees with the line.
-    const newest = state.samples.length ? state.samples[state.samples.length - 1].lag_bytes[uid] : undefined;
+    // The line's newest point, so that the legend agrees with it.
+    const known = state.samples.filter((smp) => smp.lag_bytes[uid] !== undefined);
+    const newest = known.length ? known[known.length - 1].lag_bytes[uid] : undefined;
     const li = el("li", { "data-uid": uid });
     li.append(el("span", { class: "swatch c" + c }), uid + ": " + bytes(newest ?? null) + trend(uid));
     legend.append(li);
