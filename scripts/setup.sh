@@ -8,6 +8,8 @@
 #   run/test   postgresql-15 (pgbench is part of it), etcd-server + etcd-client,
 #              iproute2 + iptables (network namespaces of the fault tests), procps
 #   benchmarks haproxy (measured side by side with the proxy)
+#   ui test    chromium + chromium-driver (the dashboard's end-to-end test drives
+#              a headless browser through WebDriver)
 #   release    systemd (systemd-analyze verifies the units), debootstrap (fresh-check)
 # and the unprivileged OS user postgres runs as. Idempotent; apt is only
 # asked when something is missing.
@@ -22,6 +24,7 @@ packages=(
   gcc libc6-dev ca-certificates protobuf-compiler libprotobuf-dev
   postgresql-15 postgresql-client-15 etcd-server etcd-client iproute2 iptables procps
   haproxy
+  chromium chromium-driver
   systemd debootstrap
 )
 missing=()

@@ -8,6 +8,7 @@
 pub mod decide;
 pub mod duration;
 pub mod keys;
+pub mod lag_history;
 pub mod lsn;
 pub mod plan;
 pub mod report;

@@ -1,6 +1,6 @@
 //! The keeper's HTTP API: Patroni-compatible health checks for load
 //! balancers (`/primary`, `/replica`, ...), the cluster as JSON, Prometheus
-//! metrics.
+//! metrics, and the dashboard (`/ui`).
 //!
 //! Load balancers route clients by these answers, so the API answers from
 //! what the keeper loop last published ([`LocalState`]) and never waits on
@@ -19,11 +19,13 @@ mod decisions;
 mod health;
 mod metrics;
 mod routes;
+mod ui;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pgwarden_core::lag_history::LagHistory;
 use pgwarden_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -85,6 +87,8 @@ pub struct ApiContext {
     snapshots: SnapshotCache,
     /// The sentinel's decisions seen since start, for `/metrics`.
     decisions: Arc<Decisions>,
+    /// The lag sampled every second, for the dashboard's chart.
+    lag: Mutex<LagHistory>,
 }
 
 /// Serves the API on `listener` until `cancel`, answering from what arrives
@@ -107,6 +111,7 @@ pub async fn serve(
         published,
         started_at: Instant::now(),
         decisions: Arc::new(Decisions::default()),
+        lag: Mutex::new(LagHistory::default()),
     });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP API listening");
@@ -121,6 +126,7 @@ pub async fn serve(
     tokio::join!(
         follow(local, published_tx, cancel.clone()),
         decisions::follow(ctx.store.clone(), &ctx.decisions, cancel.clone()),
+        ui::sample_lag(&ctx, cancel.clone()),
         crate::http::serve(listener, "HTTP API", handler, cancel),
     );
 }

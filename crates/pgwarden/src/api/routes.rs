@@ -1,4 +1,5 @@
-//! Maps requests to answers: the health checks, `/cluster`, `/metrics`, and
+//! Maps requests to answers: the health checks, `/cluster`, `/metrics`, the
+//! dashboard (`/ui`, see `ui`), and
 //! the refusal of anything that would change state.
 //!
 //! GET answers with a body; HEAD and OPTIONS with the same status and no
@@ -16,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::health::{self, Check, Inputs, PrimaryPosition};
-use super::{load, metrics, ApiContext};
+use super::{load, metrics, ui, ApiContext};
 use crate::exposition::CONTENT_TYPE as PROMETHEUS;
 use crate::http::Body;
 
@@ -27,8 +28,9 @@ const SAFE_METHODS: &str = "GET, HEAD, OPTIONS";
 pub async fn handle(ctx: &ApiContext, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let known =
-        matches!(path.as_str(), "/cluster" | "/metrics") || Check::from_path(&path).is_some();
+    let known = matches!(path.as_str(), "/cluster" | "/metrics")
+        || ui::is_route(&path)
+        || Check::from_path(&path).is_some();
     let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let response = if !safe {
         refuse(ctx, req.headers(), known)
@@ -36,6 +38,7 @@ pub async fn handle(ctx: &ApiContext, req: Request<Incoming>) -> Response<Body> 
         match path.as_str() {
             "/cluster" => cluster(ctx).await,
             "/metrics" => metrics_text(ctx).await,
+            p if ui::is_route(p) => ui::handle(ctx, p, req.uri().query()).await,
             p => match Check::from_path(p) {
                 Some(check) => check_health(ctx, check, req.uri().query()).await,
                 None => error(StatusCode::NOT_FOUND, format!("no endpoint {p}")),
@@ -190,7 +193,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The value of `name` in a query string (first occurrence, `+` and `%XX`
 /// not decoded: sizes need neither).
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
@@ -198,7 +201,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+pub(super) fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     match serde_json::to_vec(body) {
         Ok(mut bytes) => {
             bytes.push(b'\n');
@@ -211,13 +214,17 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: String) -> Response<Body> {
     let mut body = serde_json::json!({ "error": message }).to_string();
     body.push('\n');
     respond(status, JSON, body.into_bytes())
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+pub(super) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
