@@ -15,6 +15,27 @@ use crate::status::Assignment;
 /// a slot an operator made by hand.
 pub const SLOT_PREFIX: &str = "pgwarden_";
 
+/// A valid physical replication slot name for a keeper uid: [`SLOT_PREFIX`]
+/// and the uid lowercased, every character outside `[a-z0-9_]` replaced by
+/// `_`, cut to postgres' 63-byte limit.
+pub fn slot_name(uid: &str) -> String {
+    const MAX: usize = 63;
+    let mut name = String::from(SLOT_PREFIX);
+    for c in uid.chars().flat_map(char::to_lowercase) {
+        if name.len() == MAX {
+            break;
+        }
+        name.push(
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            },
+        );
+    }
+    name
+}
+
 /// What the data directory holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataState {
@@ -52,6 +73,10 @@ pub struct Observed {
     /// upstream's history left it ([`crate::timeline::diverged`]): it can
     /// never follow and must be rewound.
     pub diverged: bool,
+    /// pg_rewind said this data directory cannot be rewound onto the
+    /// upstream (see [`crate::rewind::classify_rewind_failure`]): only a new
+    /// copy helps.
+    pub unrewindable: bool,
 }
 
 /// One step towards the assignment.
@@ -91,6 +116,10 @@ pub enum PgAction {
     DropSlot(String),
     /// Empty the data directory of a standby (before a re-clone).
     Wipe,
+    /// Make room for a new copy of a data directory pg_rewind cannot rewind:
+    /// move it aside, or delete it only where the spec allows
+    /// ([`crate::rewind::reclone_step`]).
+    SetAside,
 }
 
 /// Why the keeper cannot carry out its assignment; a human must act.
@@ -128,6 +157,9 @@ pub struct Target<'a> {
     pub upstream_is_primary: bool,
     /// An operator's restart or re-clone request not carried out yet.
     pub node_request: Option<crate::spec::NodeAction>,
+    /// The spec's `reclone_on_rewind_failure`: a directory pg_rewind cannot
+    /// rewind is replaced by a new copy.
+    pub reclone_on_rewind_failure: bool,
 }
 
 /// The actions that move `observed` towards `target`, in order. An empty plan
@@ -229,11 +261,14 @@ pub fn plan(target: &Target<'_>, observed: &Observed) -> Result<Vec<PgAction>, P
                 if !target.upstream_is_primary {
                     return Ok(actions);
                 }
-                actions.extend([
-                    PgAction::Rewind { host, port },
-                    PgAction::WriteConfig,
-                    PgAction::Start,
-                ]);
+                if observed.unrewindable && target.reclone_on_rewind_failure {
+                    // pg_rewind's own verdict: a new copy, the old data kept
+                    // aside where there is room.
+                    actions.extend([PgAction::SetAside, PgAction::BaseBackup { host, port }]);
+                } else {
+                    actions.push(PgAction::Rewind { host, port });
+                }
+                actions.extend([PgAction::WriteConfig, PgAction::Start]);
                 return Ok(actions);
             }
             if !observed.config_current {

@@ -12,6 +12,7 @@ fn observed(data: DataState) -> Observed {
         slots: None,
         replication_role_ready: false,
         diverged: false,
+        unrewindable: false,
     }
 }
 
@@ -51,6 +52,7 @@ fn target(assignment: Option<&Assignment>, sid: Option<u64>) -> Target<'_> {
         holds_primary_lease: true,
         upstream_is_primary: true,
         node_request: None,
+        reclone_on_rewind_failure: true,
     }
 }
 
@@ -404,4 +406,47 @@ fn unassigned_keeper_does_nothing() {
         plan(&target(None, Some(7)), &running_primary()).unwrap(),
         vec![]
     );
+}
+
+#[test]
+fn an_unrewindable_former_primary_is_set_aside_and_cloned_again() {
+    let s = standby_of("h");
+    let stopped_primary = Observed {
+        unrewindable: true,
+        ..observed(DataState::Postgres { system_id: 7 })
+    };
+    assert_eq!(
+        plan(&target(Some(&s), Some(7)), &stopped_primary).unwrap(),
+        vec![
+            PgAction::SetAside,
+            PgAction::BaseBackup {
+                host: "h".into(),
+                port: 5432
+            },
+            PgAction::WriteConfig,
+            PgAction::Start
+        ]
+    );
+    // Re-cloning is off in the spec: pg_rewind again (its error is reported).
+    let off = Target {
+        reclone_on_rewind_failure: false,
+        ..target(Some(&s), Some(7))
+    };
+    assert_eq!(
+        plan(&off, &stopped_primary).unwrap(),
+        vec![
+            PgAction::Rewind {
+                host: "h".into(),
+                port: 5432
+            },
+            PgAction::WriteConfig,
+            PgAction::Start
+        ]
+    );
+}
+
+#[test]
+fn slot_names_are_derived_from_the_uid() {
+    assert_eq!(slot_name("Db-1"), "pgwarden_db_1");
+    assert_eq!(slot_name(&"x".repeat(80)).len(), 63);
 }
