@@ -491,6 +491,7 @@ fn assign_standbys(next: &mut Status, view: &ClusterView, primary: &str) -> Opti
     Some(Reason::AssignedStandbys { uids: changed })
 }
 
+mod eligibility;
 mod failover;
 mod requests;
 pub mod sync;

@@ -3,7 +3,7 @@
 //! through the same two steps as an automatic failover (depose, then
 //! promote), with the chosen node as the target.
 
-use super::failover::{best_candidate, most_advanced};
+use super::eligibility::{best_candidate, eligible};
 use super::*;
 use crate::spec::{RequestKind, RoleRequest};
 
@@ -101,58 +101,6 @@ fn check(next: &Status, view: &ClusterView, req: &RoleRequest) -> Result<String,
                     .into()
             });
     };
-    eligible(next, view, &to, req.force).map(|()| to)
+    eligible(next, view, &to, req.force).map(|_| to)
 }
 
-/// Whether `uid` may be promoted by request; `force` accepts lag, another
-/// timeline and nofailover (never an unhealthy or unknown node).
-pub(super) fn eligible(
-    next: &Status,
-    view: &ClusterView,
-    uid: &str,
-    force: bool,
-) -> Result<(), String> {
-    if next.primary.as_deref() == Some(uid) {
-        return Err(format!("{uid} is already the primary"));
-    }
-    if !matches!(next.members.get(uid), Some(Assignment::Standby { .. })) {
-        return Err(format!(
-            "{uid} is not a standby of this cluster (see `pgwarden ctl status`)"
-        ));
-    }
-    let Some(r) = view.keepers.get(uid) else {
-        return Err(format!("{uid} is not running (its keeper reports nothing)"));
-    };
-    if !r.healthy || r.role != ObservedRole::Standby || r.disqualified() {
-        return Err(format!("{uid} is not a healthy standby"));
-    }
-    if force {
-        return Ok(());
-    }
-    if r.nofailover {
-        return Err(format!("{uid} is tagged nofailover"));
-    }
-    if !super::sync::may_promote(next, view, uid) {
-        return Err(format!(
-            "{uid} is not a synchronous standby (promotable: {}): it could lack acknowledged commits",
-            next.sync_standbys.join(", ")
-        ));
-    }
-    if next.timeline != 0 && r.timeline != next.timeline {
-        return Err(format!(
-            "{uid} is on timeline {}, the cluster on {}",
-            r.timeline, next.timeline
-        ));
-    }
-    let lag = r
-        .received_lsn()
-        .unwrap_or_default()
-        .lag_behind(most_advanced(view));
-    if lag > view.spec.max_lag_bytes {
-        return Err(format!(
-            "{uid} is {lag} bytes behind, more than max_lag_bytes ({})",
-            view.spec.max_lag_bytes
-        ));
-    }
-    Ok(())
-}

@@ -1092,3 +1092,26 @@ fn a_standby_on_an_older_timeline_is_not_promoted() {
     assert_eq!(d.next.timeline, 2, "the newest timeline any member reports");
     assert_eq!(primary_of(&d), Some("c"));
 }
+
+/// Failover and requests share one eligibility rule: a standby of another
+/// system is never promoted, even by a forced request (only automatic
+/// failover checked the system identifier before).
+#[test]
+fn a_request_never_promotes_a_standby_of_another_system() {
+    use crate::spec::{RequestKind, RoleRequest};
+    let c = running()
+        .standby("b", 0x3000000)
+        .tweak("b", |r| r.system_id = Some(SID + 1))
+        .spec(|s| {
+            s.request = Some(RoleRequest {
+                id: 7,
+                kind: RequestKind::Switchover,
+                to: Some("b".into()),
+                force: true,
+            })
+        });
+    let d = c.decide();
+    assert_eq!(primary_of(&d), Some("a"));
+    let outcome = d.next.request_outcome.unwrap_or_default();
+    assert!(outcome.contains("another system"), "{outcome}");
+}
