@@ -108,6 +108,33 @@ pub struct Status {
     pub history: Vec<HistoryEntry>,
 }
 
+/// The generation cannot grow any further (it never wraps: a wrapped
+/// generation would look older than every instruction already carried out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("generation {0} cannot grow any further: re-create the cluster status with `pgwarden ctl init --force`")]
+pub struct GenerationExhausted(pub u64);
+
+impl Status {
+    /// A new generation, checked.
+    pub fn next_generation(&mut self) -> Result<(), GenerationExhausted> {
+        self.generation = self
+            .generation
+            .checked_add(1)
+            .ok_or(GenerationExhausted(self.generation))?;
+        Ok(())
+    }
+
+    /// A new term of the primary role at `now_ms`: a new generation, and the
+    /// primary (whoever is named next) not confirmed yet.
+    pub fn new_term(&mut self, now_ms: u64) -> Result<(), GenerationExhausted> {
+        self.next_generation()?;
+        self.primary_confirmed = false;
+        self.primary_confirmed_ms = 0;
+        self.primary_since_ms = now_ms;
+        Ok(())
+    }
+}
+
 impl Default for Status {
     fn default() -> Self {
         Status {

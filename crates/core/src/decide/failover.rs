@@ -3,6 +3,7 @@
 //! of `decide` and docs/failover.md.
 
 use super::eligibility::{best_candidate, eligible, Candidate};
+use crate::status::GenerationExhausted;
 use super::*;
 
 /// Whether the primary has failed; if so, deposes it (step 1).
@@ -49,11 +50,10 @@ pub(super) fn check_primary(
             uid: primary.to_string(),
         });
     };
-    next.generation += 1;
+    if let Err(e) = next.new_term(view.now_ms) {
+        return Some(e.into());
+    }
     next.primary = None;
-    next.primary_confirmed = false;
-    next.primary_confirmed_ms = 0;
-    next.primary_since_ms = view.now_ms;
     next.deposed = Some(primary.to_string());
     next.members.insert(
         primary.to_string(),
@@ -142,7 +142,9 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
                     "failed: {t} could not take over; {deposed} stays primary"
                 ));
             }
-            name_primary(next, view, &deposed);
+            if let Err(e) = name_primary(next, view, &deposed) {
+                return e.into();
+            }
             return Reason::Reinstated { uid: deposed };
         }
         return Reason::NoCandidate { uid: deposed };
@@ -151,7 +153,9 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
         .target
         .take()
         .map(|_| format!("done: {} is primary (was {deposed})", c.uid));
-    name_primary(next, view, &c.uid);
+    if let Err(e) = name_primary(next, view, &c.uid) {
+        return e.into();
+    }
     if outcome.is_some() {
         next.request_outcome = outcome;
     }
@@ -162,17 +166,18 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
 }
 
 /// Names `uid` primary in a new generation; every other member follows it.
-fn name_primary(next: &mut Status, view: &ClusterView, uid: &str) {
+fn name_primary(
+    next: &mut Status,
+    view: &ClusterView,
+    uid: &str,
+) -> Result<(), GenerationExhausted> {
     let (host, port) = view
         .keepers
         .get(uid)
         .map(|r| (r.pg_host.clone(), r.pg_port))
         .unwrap_or_default();
-    next.generation += 1;
+    next.new_term(view.now_ms)?;
     next.primary = Some(uid.to_string());
-    next.primary_confirmed = false;
-    next.primary_confirmed_ms = 0;
-    next.primary_since_ms = view.now_ms;
     next.deposed = None;
     next.target = None;
     next.target_forced = false;
@@ -188,4 +193,5 @@ fn name_primary(next: &mut Status, view: &ClusterView, uid: &str) {
             }
         };
     }
+    Ok(())
 }

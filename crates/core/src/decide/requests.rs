@@ -21,11 +21,10 @@ pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Re
             return Some(Reason::RequestRefused { id: req.id, why });
         }
     };
+    if let Err(e) = next.new_term(view.now_ms) {
+        return Some(e.into());
+    }
     let from = next.primary.take();
-    next.generation += 1;
-    next.primary_confirmed = false;
-    next.primary_confirmed_ms = 0;
-    next.primary_since_ms = view.now_ms;
     if let Some(old) = &from {
         next.deposed = Some(old.clone());
         if let Some(r) = view.keepers.get(&target) {

@@ -1115,3 +1115,23 @@ fn a_request_never_promotes_a_standby_of_another_system() {
     let outcome = d.next.request_outcome.unwrap_or_default();
     assert!(outcome.contains("another system"), "{outcome}");
 }
+
+/// Generation arithmetic is checked: a role change at the last generation
+/// changes nothing and says why (a wrapped generation would look older than
+/// everything already carried out).
+#[test]
+fn a_role_change_at_the_last_generation_is_refused_not_wrapped() {
+    let c = running()
+        .standby("b", 0x3000000)
+        .status(|s| s.generation = u64::MAX)
+        .primary_gone();
+    let d = c.decide();
+    assert_eq!(
+        d.reason,
+        Reason::GenerationExhausted {
+            generation: u64::MAX
+        }
+    );
+    assert_eq!(d.next, c.view.status);
+    assert!(d.reason.to_string().contains("ctl init --force"));
+}
