@@ -3,7 +3,7 @@
 //! of `decide` and docs/failover.md.
 
 use super::eligibility::{best_candidate, eligible, Candidate};
-use crate::status::GenerationExhausted;
+use crate::status::{GenerationExhausted, RequestOutcome};
 use super::*;
 
 /// Whether the primary has failed; if so, deposes it (step 1).
@@ -138,9 +138,9 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
             .is_some_and(|r| usable(r) && r.system_id == next.system_id)
         {
             if let Some(t) = next.target.take() {
-                next.request_outcome = Some(format!(
-                    "failed: {t} could not take over; {deposed} stays primary"
-                ));
+                next.request_outcome = Some(RequestOutcome::Failed {
+                    why: format!("{t} could not take over; {deposed} stays primary"),
+                });
             }
             if let Err(e) = name_primary(next, view, &deposed) {
                 return e.into();
@@ -152,7 +152,10 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
     let outcome = next
         .target
         .take()
-        .map(|_| format!("done: {} is primary (was {deposed})", c.uid));
+        .map(|_| RequestOutcome::Done {
+            primary: c.uid.clone(),
+            was: deposed.clone(),
+        });
     if let Err(e) = name_primary(next, view, &c.uid) {
         return e.into();
     }

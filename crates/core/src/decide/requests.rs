@@ -4,6 +4,7 @@
 //! promote), with the chosen node as the target.
 
 use super::eligibility::{best_candidate, eligible};
+use crate::status::RequestOutcome;
 use super::*;
 use crate::spec::{RequestKind, RoleRequest};
 
@@ -17,7 +18,7 @@ pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Re
     let target = match check(next, view, req) {
         Ok(t) => t,
         Err(why) => {
-            next.request_outcome = Some(format!("refused: {why}"));
+            next.request_outcome = Some(RequestOutcome::Refused { why: why.clone() });
             return Some(Reason::RequestRefused { id: req.id, why });
         }
     };
@@ -41,7 +42,10 @@ pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Re
     next.target = Some(target.clone());
     next.target_forced = req.force;
     let kind = kind_name(req.kind);
-    next.request_outcome = Some(format!("in progress: {kind} to {target}"));
+    next.request_outcome = Some(RequestOutcome::InProgress {
+        kind: kind.to_string(),
+        target: target.clone(),
+    });
     Some(Reason::RoleChangeStarted {
         kind: kind.to_string(),
         from: from.or(next.deposed.clone()),

@@ -889,7 +889,7 @@ mod requests {
         );
         assert_eq!(d4.next.primary.as_deref(), Some("c"));
         assert_eq!(
-            d4.next.request_outcome.as_deref(),
+            d4.next.request_outcome.as_ref().map(ToString::to_string).as_deref(),
             Some("done: c is primary (was a)")
         );
         assert_eq!(d4.next.target, None);
@@ -970,7 +970,7 @@ mod requests {
         ];
         for (c, want) in cases {
             let d = c.decide();
-            let outcome = d.next.request_outcome.clone().unwrap_or_default();
+            let outcome = d.next.request_outcome.clone().map(|o| o.to_string()).unwrap_or_default();
             assert!(
                 outcome.starts_with("refused: ") && outcome.contains(want),
                 "{outcome:?} lacks {want:?}"
@@ -1005,6 +1005,7 @@ mod requests {
             .next
             .request_outcome
             .unwrap()
+            .to_string()
             .contains("primary a is healthy: use `pgwarden ctl switchover`"));
         // Primary gone and paused: the operator picks a node that is behind.
         let behind = || {
@@ -1024,6 +1025,7 @@ mod requests {
             .next
             .request_outcome
             .unwrap()
+            .to_string()
             .contains("c is 8192 bytes behind"));
         let d = behind()
             .spec(request(RequestKind::Failover, Some("c"), true))
@@ -1036,7 +1038,7 @@ mod requests {
             }
         );
         assert_eq!(
-            d.next.request_outcome.as_deref(),
+            d.next.request_outcome.as_ref().map(ToString::to_string).as_deref(),
             Some("done: c is primary (was a)")
         );
     }
@@ -1074,6 +1076,7 @@ mod requests {
             .next
             .request_outcome
             .unwrap()
+            .to_string()
             .starts_with("failed: c could not take over"));
     }
 }
@@ -1112,7 +1115,7 @@ fn a_request_never_promotes_a_standby_of_another_system() {
         });
     let d = c.decide();
     assert_eq!(primary_of(&d), Some("a"));
-    let outcome = d.next.request_outcome.unwrap_or_default();
+    let outcome = d.next.request_outcome.map(|o| o.to_string()).unwrap_or_default();
     assert!(outcome.contains("another system"), "{outcome}");
 }
 
