@@ -206,7 +206,9 @@ impl Serialize for RequestOutcome {
 impl<'de> Deserialize<'de> for RequestOutcome {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let line = String::deserialize(d)?;
-        Ok(line.parse().unwrap_or_else(|e: std::convert::Infallible| match e {}))
+        Ok(line
+            .parse()
+            .unwrap_or_else(|e: std::convert::Infallible| match e {}))
     }
 }
 
@@ -494,7 +496,10 @@ mod tests {
             ..Status::default()
         };
         s.new_term(5).unwrap();
-        assert_eq!((s.generation, s.primary_confirmed, s.primary_since_ms), (u64::MAX, false, 5));
+        assert_eq!(
+            (s.generation, s.primary_confirmed, s.primary_since_ms),
+            (u64::MAX, false, 5)
+        );
         assert_eq!(s.new_term(6), Err(GenerationExhausted(u64::MAX)));
         assert_eq!(s.generation, u64::MAX);
     }

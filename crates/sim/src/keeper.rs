@@ -29,7 +29,6 @@ use crate::primary_lease::{Fire, PrimaryLease};
 use crate::store::Value;
 use crate::view::Snapshot;
 
-
 /// What one probe of postgres answers.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {

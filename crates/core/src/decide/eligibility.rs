@@ -54,7 +54,7 @@ pub(super) fn eligible(
     if !r.healthy || r.role != ObservedRole::Standby || !usable(r) {
         return Err(format!("{uid} is not a healthy standby"));
     }
-    if !r.system_id.is_some_and(|sid| Some(sid) == next.system_id) {
+    if r.system_id.is_none() || r.system_id != next.system_id {
         return Err(format!(
             "{uid} holds data of another system (identifier {}, the cluster's {})",
             r.system_id.map_or("unknown".into(), |s| s.to_string()),

@@ -3,8 +3,8 @@
 //! of `decide` and docs/failover.md.
 
 use super::eligibility::{best_candidate, eligible, Candidate};
-use crate::status::{GenerationExhausted, RequestOutcome};
 use super::*;
+use crate::status::{GenerationExhausted, RequestOutcome};
 
 /// Whether the primary has failed; if so, deposes it (step 1).
 ///
@@ -149,13 +149,10 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
         }
         return Reason::NoCandidate { uid: deposed };
     };
-    let outcome = next
-        .target
-        .take()
-        .map(|_| RequestOutcome::Done {
-            primary: c.uid.clone(),
-            was: deposed.clone(),
-        });
+    let outcome = next.target.take().map(|_| RequestOutcome::Done {
+        primary: c.uid.clone(),
+        was: deposed.clone(),
+    });
     if let Err(e) = name_primary(next, view, &c.uid) {
         return e.into();
     }

@@ -4,9 +4,9 @@
 //! promote), with the chosen node as the target.
 
 use super::eligibility::{best_candidate, eligible};
-use crate::status::RequestOutcome;
 use super::*;
 use crate::spec::{RequestKind, RoleRequest};
+use crate::status::RequestOutcome;
 
 /// Starts (or refuses) a new request; `None` when there is none.
 pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Reason> {
@@ -106,4 +106,3 @@ fn check(next: &Status, view: &ClusterView, req: &RoleRequest) -> Result<String,
     };
     eligible(next, view, &to, req.force).map(|_| to)
 }
-

@@ -889,7 +889,11 @@ mod requests {
         );
         assert_eq!(d4.next.primary.as_deref(), Some("c"));
         assert_eq!(
-            d4.next.request_outcome.as_ref().map(ToString::to_string).as_deref(),
+            d4.next
+                .request_outcome
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
             Some("done: c is primary (was a)")
         );
         assert_eq!(d4.next.target, None);
@@ -970,7 +974,12 @@ mod requests {
         ];
         for (c, want) in cases {
             let d = c.decide();
-            let outcome = d.next.request_outcome.clone().map(|o| o.to_string()).unwrap_or_default();
+            let outcome = d
+                .next
+                .request_outcome
+                .clone()
+                .map(|o| o.to_string())
+                .unwrap_or_default();
             assert!(
                 outcome.starts_with("refused: ") && outcome.contains(want),
                 "{outcome:?} lacks {want:?}"
@@ -1038,7 +1047,11 @@ mod requests {
             }
         );
         assert_eq!(
-            d.next.request_outcome.as_ref().map(ToString::to_string).as_deref(),
+            d.next
+                .request_outcome
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
             Some("done: c is primary (was a)")
         );
     }
@@ -1115,7 +1128,11 @@ fn a_request_never_promotes_a_standby_of_another_system() {
         });
     let d = c.decide();
     assert_eq!(primary_of(&d), Some("a"));
-    let outcome = d.next.request_outcome.map(|o| o.to_string()).unwrap_or_default();
+    let outcome = d
+        .next
+        .request_outcome
+        .map(|o| o.to_string())
+        .unwrap_or_default();
     assert!(outcome.contains("another system"), "{outcome}");
 }
 

@@ -192,7 +192,10 @@ fn foreign_data_stops_the_keeper() {
 #[test]
 fn only_failures_no_retry_fixes_disqualify() {
     assert_eq!(error_kind(FailureCause::UnusableBinaries), ErrorKind::Fatal);
-    assert_eq!(error_kind(FailureCause::DirectoryNotEmpty), ErrorKind::Fatal);
+    assert_eq!(
+        error_kind(FailureCause::DirectoryNotEmpty),
+        ErrorKind::Fatal
+    );
     assert_eq!(error_kind(FailureCause::Other), ErrorKind::Transient);
 }
 

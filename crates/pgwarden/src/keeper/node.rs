@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pgwarden_core::keeper::{self, FailureCause};
-use pgwarden_core::{keys, Assignment, ErrorKind, KeeperReport, Observed, ObservedRole, Spec, Status};
+use pgwarden_core::{
+    keys, Assignment, ErrorKind, KeeperReport, Observed, ObservedRole, Spec, Status,
+};
 use pgwarden_pg::{ConnParams, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf};
 use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store};
 use tokio::sync::watch;
@@ -350,7 +352,8 @@ impl Node {
         self.period = Duration::from_millis(tick.period_ms);
         self.sync_names = tick.sync_names.clone();
         self.generation = status.generation;
-        let holds_primary_lease = tick.takes_primary_lease() && self.hold_primary_lease(&spec).await;
+        let holds_primary_lease =
+            tick.takes_primary_lease() && self.hold_primary_lease(&spec).await;
         let mut failed = None;
         let mut round = 0;
         let step = loop {

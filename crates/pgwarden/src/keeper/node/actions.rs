@@ -254,7 +254,9 @@ impl Node {
         self.rewind_failures = 0;
         self.rewind_retry = None;
         if spec.reclone_on_rewind_failure {
-            Err(e).context("pg_rewind cannot rewind this data directory: cloning it again from the primary")
+            Err(e).context(
+                "pg_rewind cannot rewind this data directory: cloning it again from the primary",
+            )
         } else {
             Err(e).context("pg_rewind cannot rewind this data directory (re-cloning is off in the spec: set reclone_on_rewind_failure=true, or re-clone with `pgwarden ctl reinit`)")
         }

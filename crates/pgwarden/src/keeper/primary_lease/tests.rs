@@ -76,14 +76,18 @@ async fn postgres_is_killed_a_sixth_of_the_ttl_before_the_lease_could_expire() {
     at(&f, 2500).await;
     assert_eq!(
         kills(&f),
-        vec![(2500, "the primary lease could not be renewed in time".into())]
+        vec![(
+            2500,
+            "the primary lease could not be renewed in time".into()
+        )]
     );
     // Still armed: any postmaster started meanwhile dies every 50 ms.
     at(&f, 2600).await;
     assert_eq!(kills(&f).len(), 3);
     assert_eq!(kills(&f)[2].1, "the primary lease is still not renewed");
     // A renewal disarms it and sets the next deadline.
-    f.state.send_replace(renewed(f.start + Duration::from_millis(2600) + TTL));
+    f.state
+        .send_replace(renewed(f.start + Duration::from_millis(2600) + TTL));
     at(&f, 5099).await;
     assert_eq!(kills(&f).len(), 3);
     at(&f, 5100).await;
@@ -116,12 +120,18 @@ async fn a_lease_reported_gone_or_a_dead_renewal_task_fences_at_once() {
     at(&f, 1000).await;
     assert_eq!(
         kills(&f),
-        vec![(1000, "the primary lease could not be renewed in time".into())]
+        vec![(
+            1000,
+            "the primary lease could not be renewed in time".into()
+        )]
     );
     f.stop.cancel();
 
     let Fencer {
-        state, kills, start, ..
+        state,
+        kills,
+        start,
+        ..
     } = spawn();
     tokio::time::sleep_until(start + Duration::from_millis(700)).await;
     drop(state);
