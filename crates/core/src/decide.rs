@@ -52,6 +52,12 @@ pub struct ClusterView {
 pub enum Reason {
     /// Nothing to do.
     Unchanged,
+    /// A role change needs a new generation and the generation cannot grow:
+    /// nothing changes (it never wraps).
+    GenerationExhausted {
+        /// The generation now.
+        generation: u64,
+    },
     /// No primary yet and no keeper that could become one.
     WaitingForKeepers,
     /// The first primary of a new cluster was chosen; it will run initdb.
@@ -193,6 +199,7 @@ impl Reason {
             Reason::WaitingForCatchUp { .. } => "waiting_for_catch_up",
             Reason::WaitingForPositions => "waiting_for_positions",
             Reason::Reinstated { .. } => "reinstated",
+            Reason::GenerationExhausted { .. } => "generation_exhausted",
             Reason::SyncSetChanged { .. } => "sync_set_changed",
         }
     }
@@ -236,6 +243,9 @@ impl fmt::Display for Reason {
                 "primary {uid} failed and no standby is eligible: waiting"
             ),
             Reason::RequestRefused { id, why } => write!(f, "request {id} refused: {why}"),
+            Reason::GenerationExhausted { generation } => {
+                write!(f, "{}", crate::status::GenerationExhausted(*generation))
+            }
             Reason::RoleChangeStarted { kind, from, to } => {
                 write!(
                     f,
@@ -337,6 +347,12 @@ pub fn decide(view: &ClusterView) -> Decision {
         (Some(req), Reason::Unchanged) => req,
         (_, r) => r,
     };
+    if let Reason::GenerationExhausted { .. } = reason {
+        return Decision {
+            next: view.status.clone(),
+            reason,
+        };
+    }
     let health_changed = track_health(&mut next, view);
     let reason = match reason {
         Reason::Unchanged if health_changed => Reason::HealthChanged,
@@ -405,6 +421,12 @@ fn usable(r: &KeeperReport) -> bool {
     !r.disqualified()
 }
 
+impl From<crate::status::GenerationExhausted> for Reason {
+    fn from(e: crate::status::GenerationExhausted) -> Reason {
+        Reason::GenerationExhausted { generation: e.0 }
+    }
+}
+
 /// Picks the first primary. Keepers that already hold data win over empty
 /// ones (never throw data away), the most advanced first; otherwise the
 /// smallest uid, so that the choice is deterministic and testable.
@@ -432,11 +454,10 @@ fn choose_first_primary(next: &mut Status, view: &ClusterView) -> Reason {
     } else {
         return Reason::WaitingForKeepers;
     };
-    next.generation += 1;
+    if let Err(e) = next.new_term(view.now_ms) {
+        return e.into();
+    }
     next.primary = Some(uid.clone());
-    next.primary_confirmed = false;
-    next.primary_confirmed_ms = 0;
-    next.primary_since_ms = view.now_ms;
     next.members.insert(uid, Assignment::Primary);
     reason
 }
@@ -487,10 +508,13 @@ fn assign_standbys(next: &mut Status, view: &ClusterView, primary: &str) -> Opti
     if changed.is_empty() {
         return None;
     }
-    next.generation += 1;
+    if let Err(e) = next.next_generation() {
+        return Some(e.into());
+    }
     Some(Reason::AssignedStandbys { uids: changed })
 }
 
+mod eligibility;
 mod failover;
 mod requests;
 pub mod sync;

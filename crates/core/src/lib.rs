@@ -7,6 +7,7 @@
 
 pub mod decide;
 pub mod duration;
+pub mod keeper;
 pub mod keys;
 pub mod lag_history;
 pub mod lsn;

@@ -83,7 +83,7 @@ pub struct Status {
     /// The id of the last operator request carried out or refused.
     pub handled_request: u64,
     /// What became of it, for `ctl`.
-    pub request_outcome: Option<String>,
+    pub request_outcome: Option<RequestOutcome>,
     /// Synchronous standbys that may be promoted without losing a commit:
     /// each is in the primary's applied synchronous_standby_names and was
     /// seen synchronous. Sorted.
@@ -106,6 +106,137 @@ pub struct Status {
     pub slots_released: Vec<String>,
     /// The last decisions, oldest first.
     pub history: Vec<HistoryEntry>,
+}
+
+/// What became of the last operator request (switchover, failover).
+///
+/// Stored as the one line `ctl status` has always shown ("in progress: ...",
+/// "done: ...", "refused: ...", "failed: ..."), so the JSON users see is
+/// unchanged; it is read back here, once, and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// The role change started.
+    InProgress {
+        /// "switchover" or "failover".
+        kind: String,
+        /// The node to promote.
+        target: String,
+    },
+    /// The target (or the best standby) is primary now.
+    Done {
+        /// The new primary.
+        primary: String,
+        /// The one before.
+        was: String,
+    },
+    /// The request was refused; nothing changed.
+    Refused {
+        /// Why, for the operator.
+        why: String,
+    },
+    /// The role change began but the target could not take over.
+    Failed {
+        /// What happened.
+        why: String,
+    },
+    /// A line this pgwarden does not know (written by a newer one).
+    Other(String),
+}
+
+impl RequestOutcome {
+    /// The request is over (done, refused or failed).
+    pub fn finished(&self) -> bool {
+        !matches!(self, RequestOutcome::InProgress { .. })
+    }
+}
+
+impl std::fmt::Display for RequestOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestOutcome::InProgress { kind, target } => {
+                write!(f, "in progress: {kind} to {target}")
+            }
+            RequestOutcome::Done { primary, was } => {
+                write!(f, "done: {primary} is primary (was {was})")
+            }
+            RequestOutcome::Refused { why } => write!(f, "refused: {why}"),
+            RequestOutcome::Failed { why } => write!(f, "failed: {why}"),
+            RequestOutcome::Other(line) => f.write_str(line),
+        }
+    }
+}
+
+impl std::str::FromStr for RequestOutcome {
+    type Err = std::convert::Infallible;
+
+    fn from_str(line: &str) -> Result<Self, Self::Err> {
+        let parsed = if let Some(rest) = line.strip_prefix("in progress: ") {
+            rest.split_once(" to ")
+                .map(|(kind, target)| RequestOutcome::InProgress {
+                    kind: kind.to_string(),
+                    target: target.to_string(),
+                })
+        } else if let Some(rest) = line.strip_prefix("done: ") {
+            rest.strip_suffix(')')
+                .and_then(|r| r.split_once(" is primary (was "))
+                .map(|(primary, was)| RequestOutcome::Done {
+                    primary: primary.to_string(),
+                    was: was.to_string(),
+                })
+        } else if let Some(why) = line.strip_prefix("refused: ") {
+            Some(RequestOutcome::Refused {
+                why: why.to_string(),
+            })
+        } else {
+            line.strip_prefix("failed: ")
+                .map(|why| RequestOutcome::Failed {
+                    why: why.to_string(),
+                })
+        };
+        Ok(parsed.unwrap_or_else(|| RequestOutcome::Other(line.to_string())))
+    }
+}
+
+impl Serialize for RequestOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestOutcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let line = String::deserialize(d)?;
+        Ok(line
+            .parse()
+            .unwrap_or_else(|e: std::convert::Infallible| match e {}))
+    }
+}
+
+/// The generation cannot grow any further (it never wraps: a wrapped
+/// generation would look older than every instruction already carried out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("generation {0} cannot grow any further: re-create the cluster status with `pgwarden ctl init --force`")]
+pub struct GenerationExhausted(pub u64);
+
+impl Status {
+    /// A new generation, checked.
+    pub fn next_generation(&mut self) -> Result<(), GenerationExhausted> {
+        self.generation = self
+            .generation
+            .checked_add(1)
+            .ok_or(GenerationExhausted(self.generation))?;
+        Ok(())
+    }
+
+    /// A new term of the primary role at `now_ms`: a new generation, and the
+    /// primary (whoever is named next) not confirmed yet.
+    pub fn new_term(&mut self, now_ms: u64) -> Result<(), GenerationExhausted> {
+        self.next_generation()?;
+        self.primary_confirmed = false;
+        self.primary_confirmed_ms = 0;
+        self.primary_since_ms = now_ms;
+        Ok(())
+    }
 }
 
 impl Default for Status {
@@ -316,5 +447,60 @@ mod tests {
         }
         assert_eq!(s.history.len(), HISTORY_LEN);
         assert_eq!(s.history[0].generation, 5);
+    }
+
+    #[test]
+    fn request_outcomes_keep_the_line_users_see() {
+        let cases = [
+            (
+                RequestOutcome::InProgress {
+                    kind: "switchover".into(),
+                    target: "c".into(),
+                },
+                "in progress: switchover to c",
+            ),
+            (
+                RequestOutcome::Done {
+                    primary: "c".into(),
+                    was: "a".into(),
+                },
+                "done: c is primary (was a)",
+            ),
+            (
+                RequestOutcome::Refused {
+                    why: "c is tagged nofailover".into(),
+                },
+                "refused: c is tagged nofailover",
+            ),
+            (
+                RequestOutcome::Failed {
+                    why: "c could not take over; a stays primary".into(),
+                },
+                "failed: c could not take over; a stays primary",
+            ),
+            (RequestOutcome::Other("later: news".into()), "later: news"),
+        ];
+        for (outcome, line) in cases {
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, serde_json::to_string(line).unwrap());
+            let back: RequestOutcome = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, outcome);
+        }
+    }
+
+    #[test]
+    fn generations_never_wrap() {
+        let mut s = Status {
+            generation: u64::MAX - 1,
+            primary_confirmed: true,
+            ..Status::default()
+        };
+        s.new_term(5).unwrap();
+        assert_eq!(
+            (s.generation, s.primary_confirmed, s.primary_since_ms),
+            (u64::MAX, false, 5)
+        );
+        assert_eq!(s.new_term(6), Err(GenerationExhausted(u64::MAX)));
+        assert_eq!(s.generation, u64::MAX);
     }
 }

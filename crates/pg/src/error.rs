@@ -126,10 +126,18 @@ impl PgError {
     /// True when retrying cannot help and a human must act (missing binaries, a
     /// non-empty directory where a fresh copy was to go).
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            PgError::BinariesNotFound { .. } | PgError::NotEmpty { .. }
-        )
+        pgwarden_core::keeper::error_kind(self.cause()) == pgwarden_core::ErrorKind::Fatal
+    }
+
+    /// What this failure is, for core's rule on which failures disqualify a
+    /// node ([`pgwarden_core::keeper::error_kind`]).
+    pub fn cause(&self) -> pgwarden_core::keeper::FailureCause {
+        use pgwarden_core::keeper::FailureCause;
+        match self {
+            PgError::BinariesNotFound { .. } => FailureCause::UnusableBinaries,
+            PgError::NotEmpty { .. } => FailureCause::DirectoryNotEmpty,
+            _ => FailureCause::Other,
+        }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {

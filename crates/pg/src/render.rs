@@ -237,26 +237,7 @@ pub fn primary_conninfo(
         .join(" ")
 }
 
-/// A valid physical replication slot name for a keeper uid: `pgwarden_` and the
-/// uid lowercased, every character outside `[a-z0-9_]` replaced by `_`, cut to
-/// postgres' 63-byte limit.
-pub fn slot_name(uid: &str) -> String {
-    const MAX: usize = 63;
-    let mut name = String::from("pgwarden_");
-    for c in uid.chars().flat_map(char::to_lowercase) {
-        if name.len() == MAX {
-            break;
-        }
-        name.push(
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                c
-            } else {
-                '_'
-            },
-        );
-    }
-    name
-}
+pub use pgwarden_core::plan::slot_name;
 
 /// Splits a libpq `key=value` connection string into its pairs, undoing
 /// [`primary_conninfo`]'s quoting. Malformed text yields what could be read.

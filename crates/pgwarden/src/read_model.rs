@@ -127,7 +127,11 @@ pub fn to_json(cluster: &str, snap: &Snapshot) -> StatusJson {
         history: snap.status.history.clone(),
         deposed: snap.status.deposed.clone(),
         target: snap.status.target.clone(),
-        request_outcome: snap.status.request_outcome.clone(),
+        request_outcome: snap
+            .status
+            .request_outcome
+            .as_ref()
+            .map(ToString::to_string),
         sync_mode: snap.spec.as_ref().map(|s| s.sync_mode).unwrap_or_default(),
         sync_standbys: snap.status.sync_standbys.clone(),
         writes_blocked: snap.spec.as_ref().is_some_and(|spec| {

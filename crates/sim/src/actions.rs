@@ -5,10 +5,11 @@
 //! or rewind needs its source running and reachable, promote needs a server
 //! in recovery. A failure stops the tick; the next tick is the retry.
 //! pg_rewind also fails now and then at random (WAL the source already
-//! recycled), so that the re-clone path runs.
+//! recycled), so that the re-clone path runs: the keeper observes it and
+//! plan sets the directory aside and clones it again.
 
 use pgwarden_core::rewind::{classify_rewind_failure, RewindFailure};
-use pgwarden_core::{keys, Assignment, PgAction, Spec};
+use pgwarden_core::{keys, Assignment, PgAction};
 
 use crate::ctx::Ctx;
 use crate::events::{DirKind, Event, Happening};
@@ -24,7 +25,6 @@ impl Keeper {
     pub(crate) fn execute(
         &mut self,
         action: &PgAction,
-        spec: &Spec,
         assignment: Option<&Assignment>,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), String> {
@@ -45,7 +45,7 @@ impl Keeper {
                 );
             }
             PgAction::BaseBackup { host: source, .. } => self.clone_from(ctx, source)?,
-            PgAction::Rewind { host: source, .. } => self.rewind(ctx, spec, source)?,
+            PgAction::Rewind { host: source, .. } => self.rewind(ctx, source)?,
             PgAction::WriteConfig => {
                 let sync_names = self
                     .process
@@ -112,6 +112,18 @@ impl Keeper {
                 }
             }
             PgAction::Promote => self.promote(ctx)?,
+            PgAction::SetAside => {
+                // The model has room to keep no copy: the old directory goes.
+                if host(ctx, &uid)?.running {
+                    return Err("set aside: postgres is running".into());
+                }
+                replace_dir(ctx, &uid, Dir::Empty, "clear for re-clone");
+                if let Some(p) = &mut self.process {
+                    p.system_id = None;
+                    p.last_position = None;
+                    p.unrewindable = false;
+                }
+            }
             PgAction::Wipe => {
                 if host(ctx, &uid)?.running {
                     return Err("wipe: postgres is running".into());
@@ -137,13 +149,14 @@ impl Keeper {
                 }
             }
             PgAction::CreateSlot(name) => {
-                writable(ctx, &uid)?;
+                // On a standby too: made ahead of a promotion, unreserved.
+                running(ctx, &uid)?;
                 if let Some(d) = host_mut(ctx, &uid)?.data_mut() {
                     d.slots.insert(name.clone());
                 }
             }
             PgAction::DropSlot(name) => {
-                writable(ctx, &uid)?;
+                running(ctx, &uid)?;
                 if let Some(d) = host_mut(ctx, &uid)?.data_mut() {
                     d.slots.remove(name);
                 }
@@ -159,6 +172,7 @@ impl Keeper {
             return Err("promote: postgres is not running in recovery".into());
         }
         let wal = h.data().map(|d| d.wal.clone()).unwrap_or_default();
+        let slots = h.data().map(|d| d.slots.clone()).unwrap_or_default();
         let last_writer = ctx.last_writer.as_ref().and_then(|w| {
             let d = ctx.hosts.get(w)?.data()?;
             Some((w.clone(), d.wal.clone()))
@@ -176,6 +190,7 @@ impl Keeper {
             nofailover: self.nofailover,
             wal,
             last_writer,
+            slots,
         });
         ctx.happen(Happening::Promoted(uid));
         Ok(())
@@ -193,9 +208,9 @@ impl Keeper {
         Ok(())
     }
 
-    /// pg_rewind onto `source`; when it cannot rewind, re-clone if the spec
-    /// allows (the keeper's rule, `pgwarden_core::rewind`).
-    fn rewind(&mut self, ctx: &mut Ctx<'_>, spec: &Spec, source: &str) -> Result<(), String> {
+    /// pg_rewind onto `source`; when it cannot rewind, the keeper observes
+    /// that for plan (the rule is `pgwarden_core::rewind` and `plan`).
+    fn rewind(&mut self, ctx: &mut Ctx<'_>, source: &str) -> Result<(), String> {
         let uid = self.uid.clone();
         let attempt = (|| {
             let h = host(ctx, &uid)?;
@@ -224,24 +239,14 @@ impl Keeper {
                 ctx.happen(Happening::Rewound(uid));
                 Ok(())
             }
-            // Only pg_rewind's own verdict leads to a new copy; a
-            // connection failure is retried on the next tick.
-            Err(e)
-                if spec.reclone_on_rewind_failure
-                    && classify_rewind_failure(&e) == RewindFailure::Unrewindable =>
-            {
-                ctx.note(&uid, || {
-                    format!("{e}: re-cloning (reclone_on_rewind_failure)")
-                });
-                if host(ctx, &uid)?.running {
-                    return Err(e);
-                }
-                replace_dir(ctx, &uid, Dir::Empty, "clear for re-clone");
+            // pg_rewind's own verdict: an observed fact, which plan turns
+            // into a new copy (SetAside, BaseBackup) where the spec allows;
+            // a connection failure is retried on the next tick.
+            Err(e) if classify_rewind_failure(&e) == RewindFailure::Unrewindable => {
                 if let Some(p) = &mut self.process {
-                    p.system_id = None;
+                    p.unrewindable = true;
                 }
-                self.clone_from(ctx, source)
-                    .map_err(|e| format!("pg_basebackup after a failed rewind: {e}"))
+                Err(e)
             }
             Err(e) => Err(e),
         }
@@ -294,6 +299,14 @@ fn host_mut<'c>(ctx: &'c mut Ctx<'_>, uid: &str) -> Result<&'c mut crate::postgr
     ctx.hosts
         .get_mut(uid)
         .ok_or_else(|| format!("no host {uid}"))
+}
+
+fn running(ctx: &Ctx<'_>, uid: &str) -> Result<(), String> {
+    if host(ctx, uid)?.running {
+        Ok(())
+    } else {
+        Err("could not connect to server: postgres is not running".into())
+    }
 }
 
 fn writable(ctx: &Ctx<'_>, uid: &str) -> Result<(), String> {

@@ -46,6 +46,12 @@ pub struct SimConfig {
     /// postmaster until then. Off (the product as built) except in the test
     /// that shows the checkers catch what that keeper did.
     pub old_fencing_window: bool,
+    /// Models the keeper as it was before commit e40e966 ("Standbys make
+    /// their peers' replication slots ahead of a promotion"): a standby
+    /// makes no slots, so a new primary makes its standbys' slots only after
+    /// promoting. Off except in the test that shows `peer_slots_ahead`
+    /// catches it.
+    pub old_standby_slots: bool,
     /// Largest clock-rate error of a keeper or proxy, parts per million.
     pub max_drift_ppm: u64,
     /// Largest delay between sending a store request and the store applying
@@ -73,6 +79,7 @@ impl Default for SimConfig {
             fencing: true,
             sentinel_guard: true,
             old_fencing_window: false,
+            old_standby_slots: false,
             max_drift_ppm: 1000,
             max_store_latency_ms: 100,
             only_invariants: None,

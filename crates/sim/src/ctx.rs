@@ -124,6 +124,8 @@ pub struct Ctx<'a> {
     pub fencing: bool,
     /// See `SimConfig::old_fencing_window`.
     pub old_fencing_window: bool,
+    /// See `SimConfig::old_standby_slots`.
+    pub old_standby_slots: bool,
     pub(crate) max_latency_ms: u64,
     pub(crate) next_record: &'a mut u64,
     pub(crate) trace: &'a mut Trace,

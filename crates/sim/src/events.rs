@@ -61,6 +61,8 @@ pub enum Event {
         wal: Vec<u64>,
         /// The last node that was writable before, and its WAL now.
         last_writer: Option<(String, Vec<u64>)>,
+        /// The replication slots it held when promoted.
+        slots: std::collections::BTreeSet<String>,
     },
     /// A standby received WAL from its upstream.
     Streamed {

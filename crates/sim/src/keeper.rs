@@ -1,10 +1,11 @@
 //! The keeper model: `crates/pgwarden/src/keeper/node.rs`'s loop over the
 //! real [`plan()`], against a simulated postgres.
 //!
-//! Each tick reads the cluster, takes the primary key when assigned primary,
-//! observes postgres, runs up to four plan/execute rounds, releases the
-//! primary lease only once postgres cannot accept writes, and publishes its
-//! report under its report lease. It ticks when the status changes (a watch),
+//! Each tick reads the cluster and carries out what core's keeper step
+//! ([`pgwarden_core::keeper`]) says: the same rules and constants as the
+//! real keeper (when to take and give up the primary lease, the crash
+//! verdict wait, the plan rounds, the slots), none copied here. It
+//! publishes its report under its report lease. It ticks when the status changes (a watch),
 //! when postgres exits, and a second after the last tick, as the real loop
 //! does. Its two leases have their own tasks, and the primary lease has the
 //! fencer ([`crate::primary_lease`]). Executing the actions on the simulated
@@ -13,14 +14,11 @@
 //! What the real keeper keeps in memory is here in [`Process`]; a crash
 //! drops it and a restart starts from nothing, like a new process.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use pgwarden_core::decide::sync::render_sync_names;
-use pgwarden_core::plan::{DataState, Target, SLOT_PREFIX};
-use pgwarden_core::spec::OnPostgresCrash;
-use pgwarden_core::{
-    keys, plan, Assignment, ErrorKind, KeeperReport, Lsn, Observed, ObservedRole, Spec,
-};
+use pgwarden_core::keeper::{error_kind, FailureCause, Round, Tick, FAST_LOOP_MS, LOOP_MS};
+use pgwarden_core::plan::DataState;
+use pgwarden_core::{keys, Assignment, ErrorKind, KeeperReport, Lsn, Observed, ObservedRole, Spec};
 
 use crate::config::TICK_MS;
 use crate::ctx::Ctx;
@@ -30,17 +28,6 @@ use crate::postgres::{Host, PgConfig};
 use crate::primary_lease::{Fire, PrimaryLease};
 use crate::store::Value;
 use crate::view::Snapshot;
-
-/// The keeper's loop period without events (`keeper::TICK`).
-const LOOP_MS: u64 = 1000;
-/// The loop period while a failover is between its two steps
-/// (`FAST_TICK`, 50 ms: the simulation's tick is the closest it gets).
-const FAST_LOOP_MS: u64 = TICK_MS;
-/// Plan/execute rounds per tick (`MAX_PLAN_ROUNDS`).
-const MAX_PLAN_ROUNDS: usize = 4;
-/// How long a crashed primary waits for the sentinel's verdict
-/// (`CRASH_VERDICT_WAIT`).
-const CRASH_VERDICT_WAIT_MS: u64 = 2000;
 
 /// What one probe of postgres answers.
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +68,11 @@ pub struct Process {
     pub(crate) last_position: Option<(Lsn, u32)>,
     next_tick_at: u64,
     seen_status_revision: i64,
-    failover_in_progress: bool,
+    /// Until the next tick without an event ([`Tick::period_ms`]).
+    period_ms: u64,
+    /// pg_rewind said the data cannot be rewound (an observed fact that
+    /// plan turns into a re-clone); cleared when the directory is replaced.
+    pub(crate) unrewindable: bool,
     warned_store: bool,
     /// `synchronous_standby_names` the status asks of this node as primary.
     pub(crate) sync_names: String,
@@ -103,7 +94,8 @@ impl Process {
             last_position: None,
             next_tick_at: now,
             seen_status_revision: -1,
-            failover_in_progress: false,
+            period_ms: LOOP_MS,
+            unrewindable: false,
             warned_store: false,
             sync_names: String::new(),
             sync_observed: None,
@@ -222,12 +214,9 @@ impl Keeper {
         if self.due(ctx) {
             self.tick(ctx);
             if let Some(p) = &mut self.process {
-                let period = if p.failover_in_progress {
-                    FAST_LOOP_MS
-                } else {
-                    LOOP_MS
-                };
-                p.next_tick_at = ctx.now + period;
+                // The fast period (50 ms) is shorter than a simulated step:
+                // the next step is the closest the model gets.
+                p.next_tick_at = ctx.now + p.period_ms.max(TICK_MS);
             }
         }
     }
@@ -240,7 +229,8 @@ impl Keeper {
         ctx.now >= p.next_tick_at || exited || status_changed
     }
 
-    /// One pass of the keeper loop (`Node::tick`).
+    /// One pass of the keeper loop (`Node::tick`): observe and carry out
+    /// what [`Tick::step`] says, as the real keeper does.
     fn tick(&mut self, ctx: &mut Ctx<'_>) {
         let uid = self.uid.clone();
         let local = self.local(ctx.now);
@@ -257,18 +247,21 @@ impl Keeper {
         p.warned_store = false;
         p.seen_status_revision = snap.status_revision;
         let (spec, status) = (snap.spec, snap.status);
-        if status.generation < p.applied_generation {
-            ctx.note(&uid, || {
-                "ignoring a status older than the one carried out".into()
-            });
-            return;
-        }
-        let assignment = status.members.get(&uid).cloned();
-        let wants_primary = matches!(assignment, Some(Assignment::Primary));
-        p.failover_in_progress = status.deposed.is_some();
-        p.sync_names =
-            render_sync_names(&status.sync_names, spec.min_sync_standbys, spec.sync_mode);
-        let holds_primary_lease = wants_primary && {
+        // Operator restart / re-clone requests (`ctl restart`, `ctl
+        // reinit`) are not simulated: none is ever pending.
+        let mut tick = match Tick::new(&uid, &spec, &status, p.applied_generation, u64::MAX) {
+            Ok(t) => t,
+            Err(_) => {
+                ctx.note(&uid, || {
+                    "ignoring a status older than the one carried out".into()
+                });
+                return;
+            }
+        };
+        let assignment = tick.assignment.cloned();
+        p.period_ms = tick.period_ms;
+        p.sync_names = tick.sync_names.clone();
+        let holds_primary_lease = tick.takes_primary_lease() && {
             let lease = p.primary_lease.get_or_insert_with(|| {
                 PrimaryLease::start(
                     spec.primary_lease_ttl.as_millis(),
@@ -278,57 +271,44 @@ impl Keeper {
             });
             lease.try_hold(&uid, local, ctx)
         };
-        // The primary's slots (the sim models no standby slots: its standbys
-        // observe none).
-        let wanted_slots: BTreeSet<String> = status
-            .slot_holders(&uid)
-            .filter(|u| matches!(status.members.get(*u), Some(Assignment::Standby { follow, .. }) if *follow == uid))
-            .map(|u| format!("{SLOT_PREFIX}{u}"))
-            .collect();
-        let target = Target {
-            assignment: assignment.as_ref(),
-            cluster_system_id: status.system_id,
-            wanted_slots,
-            holds_primary_lease,
-            upstream_is_primary: match &assignment {
-                Some(Assignment::Standby { follow, .. }) => {
-                    status.primary.as_deref() == Some(follow)
-                }
-                _ => true,
-            },
-            // Operator restart / re-clone requests (`ctl restart`,
-            // `ctl reinit`) are not simulated.
-            node_request: None,
-        };
-        let (mut observed, mut probe) = self.observe(ctx, assignment.as_ref());
-        if wants_primary && self.awaiting_crash_verdict(&spec, &observed, ctx.now) {
-            ctx.note(&uid, || {
-                "postgres crashed: waiting for the sentinel's verdict".into()
-            });
-            self.publish(ctx, None);
-            return;
-        }
         let mut failed = None;
-        for _ in 0..MAX_PLAN_ROUNDS {
-            let actions = match plan(&target, &observed) {
-                Ok(a) => a,
+        let mut round = 0;
+        let (step, probe) = loop {
+            let (observed, probe) = self.observe(ctx, assignment.as_ref());
+            let crashed_ms_ago = self
+                .process
+                .as_ref()
+                .and_then(|p| p.crashed_at)
+                .map(|t| ctx.now.saturating_sub(t));
+            let step = match tick.step(&Round {
+                observed: &observed,
+                holds_primary_lease,
+                crashed_ms_ago,
+                round,
+            }) {
+                Ok(s) => s,
                 Err(e) => return self.exit(ctx, e.to_string()),
             };
-            if actions.is_empty() {
-                break;
+            if step.await_crash_verdict {
+                ctx.note(&uid, || {
+                    "postgres crashed: waiting for the sentinel's verdict".into()
+                });
+                self.publish(ctx, None);
+                return;
             }
-            ctx.note(&uid, || format!("plan: {actions:?}"));
-            for action in &actions {
-                if let Err(e) = self.execute(action, &spec, assignment.as_ref(), ctx) {
+            if step.actions.is_empty() || failed.is_some() {
+                break (step, probe);
+            }
+            ctx.note(&uid, || format!("plan: {:?}", step.actions));
+            for action in &step.actions {
+                if let Err(e) = self.execute(action, assignment.as_ref(), ctx) {
                     failed = Some(format!("postgres action {action:?}: {e}"));
                     break;
                 }
+                tick.carried_out(action);
             }
-            (observed, probe) = self.observe(ctx, assignment.as_ref());
-            if failed.is_some() {
-                break;
-            }
-        }
+            round += 1;
+        };
         let sync_observed = observe_sync(ctx, &uid, probe);
         let Some(p) = &mut self.process else { return };
         p.sync_observed = sync_observed;
@@ -342,9 +322,7 @@ impl Keeper {
                 generation: status.generation,
             });
         }
-        // Give the role up only once postgres cannot accept writes.
-        let writable = p.postmaster && !probe.is_some_and(|s| s.in_recovery);
-        if !wants_primary && !writable {
+        if step.release_primary_lease {
             if let Some(lease) = p.primary_lease.take() {
                 lease.release(&uid, ctx);
             }
@@ -385,6 +363,7 @@ impl Keeper {
                 if matches!(other, DataState::Missing | DataState::Empty) {
                     p.system_id = None;
                     p.last_position = None;
+                    p.unrewindable = false;
                 }
                 other
             }
@@ -394,8 +373,12 @@ impl Keeper {
             p.last_position = Some((s.lsn, s.timeline));
         }
         let in_recovery = probe.map(|s| s.in_recovery);
+        // Slots are queried on any running node: a standby makes its peers'
+        // ahead of a promotion. The keeper before e40e966 made none there
+        // (`SimConfig::old_standby_slots`).
         let slots = match (in_recovery, host.data()) {
-            (Some(false), Some(d)) => Some(d.slots.clone()),
+            (Some(true), _) if ctx.old_standby_slots => None,
+            (Some(_), Some(d)) => Some(d.slots.clone()),
             _ => None,
         };
         let want_standby = matches!(assignment, Some(Assignment::Standby { .. }));
@@ -414,18 +397,9 @@ impl Keeper {
             // The model's standbys never replay past a fork point: WAL is
             // not modelled at that grain.
             diverged: false,
+            unrewindable: p.unrewindable,
         };
         (observed, probe)
-    }
-
-    fn awaiting_crash_verdict(&self, spec: &Spec, observed: &Observed, now: u64) -> bool {
-        spec.on_postgres_crash == OnPostgresCrash::Failover
-            && !observed.running
-            && self
-                .process
-                .as_ref()
-                .and_then(|p| p.crashed_at)
-                .is_some_and(|t| now.saturating_sub(t) < CRASH_VERDICT_WAIT_MS)
     }
 
     /// A `PlanError`: the real keeper's loop ends, it stops postgres,
@@ -480,7 +454,7 @@ impl Keeper {
         r.error_kind = p
             .last_error
             .as_deref()
-            .map_or(ErrorKind::Transient, error_kind);
+            .map_or(ErrorKind::Transient, |m| error_kind(failure_cause(m)));
         r.role = ObservedRole::Stopped;
         if let Some((lsn, timeline)) = p.last_position {
             r.current_lsn = Some(lsn);
@@ -505,14 +479,14 @@ impl Keeper {
     }
 }
 
-/// The simulated twin of `PgError::is_fatal`: only a directory that is not
-/// ours to fill is beyond any retry; every other simulated failure (a
-/// config write, a connection, a promotion racing a crash) is transient.
-fn error_kind(message: &str) -> ErrorKind {
+/// What a simulated tool's failure is (`PgError::cause`), for core's rule
+/// on which failures disqualify a node: the simulated binaries are always
+/// usable, so only a directory that is not ours to fill is beyond a retry.
+fn failure_cause(message: &str) -> FailureCause {
     if message.contains("directory is not empty") {
-        ErrorKind::Fatal
+        FailureCause::DirectoryNotEmpty
     } else {
-        ErrorKind::Transient
+        FailureCause::Other
     }
 }
 
@@ -597,6 +571,7 @@ fn dead_observation() -> Observed {
         slots: None,
         replication_role_ready: false,
         diverged: false,
+        unrewindable: false,
     }
 }
 
@@ -607,6 +582,7 @@ pub fn drifted(now: u64, ppm: i64) -> u64 {
 }
 
 const _: () = assert!(LOOP_MS % TICK_MS == 0);
+const _: () = assert!(FAST_LOOP_MS <= TICK_MS);
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,8 @@
 //! `crates/pgwarden/src/keeper/primary_lease.rs`.
 //!
 //! The renewal task is a [`LeaseTask`] of `primary_lease_ttl`. The fencer is
-//! a timer: with `valid_until` published, it fires at `valid_until - ttl/3`
-//! (local clock); with the lease reported gone after having been valid, at
+//! a timer: with `valid_until` published, it fires at `valid_until` less
+//! `timing::fencing_margin` (local clock); with the lease reported gone after having been valid, at
 //! once. Firing kills postgres if the keeper has a postmaster; from then on
 //! the fencer stays armed until the lease task publishes again, killing any
 //! postmaster it finds (every 50 ms in the product: here at every tick, and

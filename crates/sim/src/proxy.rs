@@ -3,8 +3,8 @@
 //!
 //! A proxy reads the cluster, keeps the newest status it has seen (an older
 //! generation is ignored), computes routes, and routes only until the
-//! earlier of "last successful read sent + proxy_ttl" and "lease valid
-//! until, less proxy_ttl/6", both on its own clock. It acknowledges a generation under
+//! deadline core's [`timing::routing_deadline`] gives (the earlier of
+//! the read's and the lease's), on its own clock. It acknowledges a generation under
 //! its lease only after routing by it, so the sentinel's wait for proxies is
 //! truthful. A frozen proxy passes no traffic; when it thaws, its overdue
 //! deadline timer runs before anything else (the world runs timers first).
@@ -12,12 +12,13 @@
 use std::time::Duration;
 
 use pgwarden_core::route::{route, Routes};
+use pgwarden_core::timing;
 use pgwarden_core::{keys, Status};
 
 use crate::ctx::Ctx;
 use crate::events::{Applier, Event};
 use crate::keeper::drifted;
-use crate::lease::{ms, LeaseTask};
+use crate::lease::LeaseTask;
 use crate::store::{LeaseId, Value};
 use crate::view::Snapshot;
 
@@ -118,7 +119,7 @@ impl Proxy {
     }
 
     fn absorb(&mut self, snap: Snapshot, sent_local: u64, ctx: &mut Ctx<'_>) {
-        self.read_until = Some(sent_local + snap.spec.proxy_ttl.as_millis());
+        self.read_until = Some(timing::read_valid_until(sent_local, snap.spec.proxy_ttl.0));
         let status = match self.status.take() {
             Some(accepted) if snap.status.generation < accepted.generation => {
                 ctx.note(&self.id, || "ignoring an older status".into());
@@ -135,12 +136,15 @@ impl Proxy {
         self.status = Some(status);
     }
 
+    /// Core's [`timing::routing_deadline`]; the model's store has no leader
+    /// elections, so the lease is never proven alive while reads fail.
     fn deadline(&self) -> Option<u64> {
-        let lease_until = self.lease.as_ref()?.valid_until?;
-        let margin =
-            pgwarden_core::timing::fencing_margin(Duration::from_millis(self.proxy_ttl_ms));
-        let lease_until = lease_until.checked_sub(ms(margin))?;
-        Some(self.read_until?.min(lease_until))
+        timing::routing_deadline(
+            self.read_until,
+            self.lease.as_ref()?.valid_until,
+            false,
+            Duration::from_millis(self.proxy_ttl_ms),
+        )
     }
 
     /// `Control::enforce`.

@@ -268,6 +268,7 @@ impl World {
             last_writer: &self.last_writer,
             fencing: self.cfg.fencing,
             old_fencing_window: self.cfg.old_fencing_window,
+            old_standby_slots: self.cfg.old_standby_slots,
             max_latency_ms: self.cfg.max_store_latency_ms,
             next_record: &mut self.next_record,
             trace: &mut self.trace,

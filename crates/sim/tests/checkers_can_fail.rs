@@ -98,6 +98,31 @@ fn the_old_fencing_window_is_found_across_seeds() {
     assert_eq!(fixed.violation, None);
 }
 
+/// The keeper before commit e40e966: standbys made no slots, so a new
+/// primary made its standbys' slots only after promoting. The sweep finds
+/// it; the same seed is clean with the product's keeper, whose standbys
+/// make their peers' slots (the simulation runs that path through
+/// `pgwarden_core::keeper`).
+#[test]
+fn the_old_standby_slots_are_found_across_seeds() {
+    let cfg = SimConfig {
+        old_standby_slots: true,
+        only_invariants: Some(vec!["peer_slots_ahead"]),
+        ..SimConfig::default()
+    };
+    let v = first_violation(200, &cfg).expect("no seed caught a promotion without peer slots");
+    assert_eq!(v.invariant, "peer_slots_ahead", "{v}");
+    println!("{v}");
+    let fixed = run(
+        v.seed,
+        &SimConfig {
+            old_standby_slots: false,
+            ..cfg
+        },
+    );
+    assert_eq!(fixed.violation, None);
+}
+
 #[test]
 fn without_the_election_guard_a_deposed_leader_writes() {
     let cfg = SimConfig {
@@ -205,6 +230,7 @@ fn promote_rules_objects_to_a_less_advanced_or_held_up_promotion() {
         nofailover: false,
         wal: vec![1, 2, 9],
         last_writer: Some(("a".into(), vec![1, 2, 3])),
+        slots: Default::default(),
     };
     assert!(objects(&mut PromoteRules, &w, forked).contains("fork"));
 }

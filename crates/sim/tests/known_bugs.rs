@@ -81,7 +81,7 @@ fn strict_mode_promotes_only_on_positions_read_after_the_primary_stopped() {
 
 /// The sweep in strict mode with the default sync settings (1, 1): no seed
 /// may lose an acknowledged write. Prints the failing seeds and the end of
-/// the first one's trace. (Seed 120 fails today, see the module docs.)
+/// the first one's trace. (Seed 120 failed before the fix, see the module docs.)
 #[test]
 fn strict_mode_across_seeds() {
     let cfg = SimConfig {

@@ -2,7 +2,9 @@
 //! standby once the old primary is proven gone (step 2). See the module docs
 //! of `decide` and docs/failover.md.
 
+use super::eligibility::{best_candidate, eligible, Candidate};
 use super::*;
+use crate::status::{GenerationExhausted, RequestOutcome};
 
 /// Whether the primary has failed; if so, deposes it (step 1).
 ///
@@ -48,11 +50,10 @@ pub(super) fn check_primary(
             uid: primary.to_string(),
         });
     };
-    next.generation += 1;
+    if let Err(e) = next.new_term(view.now_ms) {
+        return Some(e.into());
+    }
     next.primary = None;
-    next.primary_confirmed = false;
-    next.primary_confirmed_ms = 0;
-    next.primary_since_ms = view.now_ms;
     next.deposed = Some(primary.to_string());
     next.members.insert(
         primary.to_string(),
@@ -66,69 +67,6 @@ pub(super) fn check_primary(
         uid: primary.to_string(),
         why,
     })
-}
-
-/// A standby eligible for promotion.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Candidate {
-    pub(super) uid: String,
-    pub(super) host: String,
-    pub(super) port: u16,
-    /// Bytes behind the most advanced position any live node reported.
-    pub(super) lag: u64,
-}
-
-/// The most advanced position any live keeper reported.
-pub(super) fn most_advanced(view: &ClusterView) -> crate::lsn::Lsn {
-    view.keepers
-        .values()
-        .filter_map(|r| r.received_lsn())
-        .max()
-        .unwrap_or_default()
-}
-
-/// The best standby to promote, by the rules of invariant 3: assigned
-/// standby, healthy, streaming-capable report, on the cluster's timeline, not
-/// tagged nofailover, within `max_lag_bytes` of the most advanced position any
-/// live keeper reported (the old primary's last report included, when it is
-/// still there). The most advanced by received LSN wins; ties go to the higher
-/// replayed LSN, then to the smallest uid.
-pub(super) fn best_candidate(
-    status: &Status,
-    view: &ClusterView,
-    exclude: &str,
-) -> Option<Candidate> {
-    let most_advanced = most_advanced(view);
-    view.keepers
-        .values()
-        .filter(|r| {
-            r.uid != exclude
-                && usable(r)
-                && r.healthy
-                && r.role == ObservedRole::Standby
-                && !r.nofailover
-                && (status.timeline == 0 || r.timeline == status.timeline)
-                && r.system_id.is_some_and(|sid| Some(sid) == status.system_id)
-                && matches!(status.members.get(&r.uid), Some(Assignment::Standby { .. }))
-                && super::sync::may_promote(status, view, &r.uid)
-        })
-        .filter_map(|r| {
-            let lag = r.received_lsn()?.lag_behind(most_advanced);
-            (lag <= view.spec.max_lag_bytes).then_some((r, lag))
-        })
-        .max_by(|(a, _), (b, _)| {
-            (a.received_lsn(), a.replay_lsn, std::cmp::Reverse(&a.uid)).cmp(&(
-                b.received_lsn(),
-                b.replay_lsn,
-                std::cmp::Reverse(&b.uid),
-            ))
-        })
-        .map(|(r, lag)| Candidate {
-            uid: r.uid.clone(),
-            host: r.pg_host.clone(),
-            port: r.pg_port,
-            lag,
-        })
 }
 
 /// Step 2: promotes once the deposed primary is proven gone: nobody holds
@@ -161,7 +99,7 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
         return Reason::WaitingForPositions;
     }
     let chosen = match next.target.clone() {
-        Some(t) if super::requests::eligible(next, view, &t, next.target_forced).is_ok() => {
+        Some(t) if eligible(next, view, &t, next.target_forced).is_ok() => {
             let r = &view.keepers[&t];
             // The old primary's last report (after its clean shutdown, the
             // shutdown checkpoint) must be covered by what the target received.
@@ -200,20 +138,24 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
             .is_some_and(|r| usable(r) && r.system_id == next.system_id)
         {
             if let Some(t) = next.target.take() {
-                next.request_outcome = Some(format!(
-                    "failed: {t} could not take over; {deposed} stays primary"
-                ));
+                next.request_outcome = Some(RequestOutcome::Failed {
+                    why: format!("{t} could not take over; {deposed} stays primary"),
+                });
             }
-            name_primary(next, view, &deposed);
+            if let Err(e) = name_primary(next, view, &deposed) {
+                return e.into();
+            }
             return Reason::Reinstated { uid: deposed };
         }
         return Reason::NoCandidate { uid: deposed };
     };
-    let outcome = next
-        .target
-        .take()
-        .map(|_| format!("done: {} is primary (was {deposed})", c.uid));
-    name_primary(next, view, &c.uid);
+    let outcome = next.target.take().map(|_| RequestOutcome::Done {
+        primary: c.uid.clone(),
+        was: deposed.clone(),
+    });
+    if let Err(e) = name_primary(next, view, &c.uid) {
+        return e.into();
+    }
     if outcome.is_some() {
         next.request_outcome = outcome;
     }
@@ -224,17 +166,18 @@ pub(super) fn promote(next: &mut Status, view: &ClusterView) -> Reason {
 }
 
 /// Names `uid` primary in a new generation; every other member follows it.
-fn name_primary(next: &mut Status, view: &ClusterView, uid: &str) {
+fn name_primary(
+    next: &mut Status,
+    view: &ClusterView,
+    uid: &str,
+) -> Result<(), GenerationExhausted> {
     let (host, port) = view
         .keepers
         .get(uid)
         .map(|r| (r.pg_host.clone(), r.pg_port))
         .unwrap_or_default();
-    next.generation += 1;
+    next.new_term(view.now_ms)?;
     next.primary = Some(uid.to_string());
-    next.primary_confirmed = false;
-    next.primary_confirmed_ms = 0;
-    next.primary_since_ms = view.now_ms;
     next.deposed = None;
     next.target = None;
     next.target_forced = false;
@@ -250,4 +193,5 @@ fn name_primary(next: &mut Status, view: &ClusterView, uid: &str) {
             }
         };
     }
+    Ok(())
 }

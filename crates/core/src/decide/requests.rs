@@ -3,9 +3,10 @@
 //! through the same two steps as an automatic failover (depose, then
 //! promote), with the chosen node as the target.
 
-use super::failover::{best_candidate, most_advanced};
+use super::eligibility::{best_candidate, eligible};
 use super::*;
 use crate::spec::{RequestKind, RoleRequest};
+use crate::status::RequestOutcome;
 
 /// Starts (or refuses) a new request; `None` when there is none.
 pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Reason> {
@@ -17,15 +18,14 @@ pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Re
     let target = match check(next, view, req) {
         Ok(t) => t,
         Err(why) => {
-            next.request_outcome = Some(format!("refused: {why}"));
+            next.request_outcome = Some(RequestOutcome::Refused { why: why.clone() });
             return Some(Reason::RequestRefused { id: req.id, why });
         }
     };
+    if let Err(e) = next.new_term(view.now_ms) {
+        return Some(e.into());
+    }
     let from = next.primary.take();
-    next.generation += 1;
-    next.primary_confirmed = false;
-    next.primary_confirmed_ms = 0;
-    next.primary_since_ms = view.now_ms;
     if let Some(old) = &from {
         next.deposed = Some(old.clone());
         if let Some(r) = view.keepers.get(&target) {
@@ -42,7 +42,10 @@ pub(super) fn handle_request(next: &mut Status, view: &ClusterView) -> Option<Re
     next.target = Some(target.clone());
     next.target_forced = req.force;
     let kind = kind_name(req.kind);
-    next.request_outcome = Some(format!("in progress: {kind} to {target}"));
+    next.request_outcome = Some(RequestOutcome::InProgress {
+        kind: kind.to_string(),
+        target: target.clone(),
+    });
     Some(Reason::RoleChangeStarted {
         kind: kind.to_string(),
         from: from.or(next.deposed.clone()),
@@ -101,58 +104,5 @@ fn check(next: &Status, view: &ClusterView, req: &RoleRequest) -> Result<String,
                     .into()
             });
     };
-    eligible(next, view, &to, req.force).map(|()| to)
-}
-
-/// Whether `uid` may be promoted by request; `force` accepts lag, another
-/// timeline and nofailover (never an unhealthy or unknown node).
-pub(super) fn eligible(
-    next: &Status,
-    view: &ClusterView,
-    uid: &str,
-    force: bool,
-) -> Result<(), String> {
-    if next.primary.as_deref() == Some(uid) {
-        return Err(format!("{uid} is already the primary"));
-    }
-    if !matches!(next.members.get(uid), Some(Assignment::Standby { .. })) {
-        return Err(format!(
-            "{uid} is not a standby of this cluster (see `pgwarden ctl status`)"
-        ));
-    }
-    let Some(r) = view.keepers.get(uid) else {
-        return Err(format!("{uid} is not running (its keeper reports nothing)"));
-    };
-    if !r.healthy || r.role != ObservedRole::Standby || r.disqualified() {
-        return Err(format!("{uid} is not a healthy standby"));
-    }
-    if force {
-        return Ok(());
-    }
-    if r.nofailover {
-        return Err(format!("{uid} is tagged nofailover"));
-    }
-    if !super::sync::may_promote(next, view, uid) {
-        return Err(format!(
-            "{uid} is not a synchronous standby (promotable: {}): it could lack acknowledged commits",
-            next.sync_standbys.join(", ")
-        ));
-    }
-    if next.timeline != 0 && r.timeline != next.timeline {
-        return Err(format!(
-            "{uid} is on timeline {}, the cluster on {}",
-            r.timeline, next.timeline
-        ));
-    }
-    let lag = r
-        .received_lsn()
-        .unwrap_or_default()
-        .lag_behind(most_advanced(view));
-    if lag > view.spec.max_lag_bytes {
-        return Err(format!(
-            "{uid} is {lag} bytes behind, more than max_lag_bytes ({})",
-            view.spec.max_lag_bytes
-        ));
-    }
-    Ok(())
+    eligible(next, view, &to, req.force).map(|_| to)
 }

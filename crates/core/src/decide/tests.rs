@@ -889,7 +889,11 @@ mod requests {
         );
         assert_eq!(d4.next.primary.as_deref(), Some("c"));
         assert_eq!(
-            d4.next.request_outcome.as_deref(),
+            d4.next
+                .request_outcome
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
             Some("done: c is primary (was a)")
         );
         assert_eq!(d4.next.target, None);
@@ -970,7 +974,12 @@ mod requests {
         ];
         for (c, want) in cases {
             let d = c.decide();
-            let outcome = d.next.request_outcome.clone().unwrap_or_default();
+            let outcome = d
+                .next
+                .request_outcome
+                .clone()
+                .map(|o| o.to_string())
+                .unwrap_or_default();
             assert!(
                 outcome.starts_with("refused: ") && outcome.contains(want),
                 "{outcome:?} lacks {want:?}"
@@ -1005,6 +1014,7 @@ mod requests {
             .next
             .request_outcome
             .unwrap()
+            .to_string()
             .contains("primary a is healthy: use `pgwarden ctl switchover`"));
         // Primary gone and paused: the operator picks a node that is behind.
         let behind = || {
@@ -1024,6 +1034,7 @@ mod requests {
             .next
             .request_outcome
             .unwrap()
+            .to_string()
             .contains("c is 8192 bytes behind"));
         let d = behind()
             .spec(request(RequestKind::Failover, Some("c"), true))
@@ -1036,7 +1047,11 @@ mod requests {
             }
         );
         assert_eq!(
-            d.next.request_outcome.as_deref(),
+            d.next
+                .request_outcome
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
             Some("done: c is primary (was a)")
         );
     }
@@ -1074,6 +1089,7 @@ mod requests {
             .next
             .request_outcome
             .unwrap()
+            .to_string()
             .starts_with("failed: c could not take over"));
     }
 }
@@ -1091,4 +1107,51 @@ fn a_standby_on_an_older_timeline_is_not_promoted() {
         .decide();
     assert_eq!(d.next.timeline, 2, "the newest timeline any member reports");
     assert_eq!(primary_of(&d), Some("c"));
+}
+
+/// Failover and requests share one eligibility rule: a standby of another
+/// system is never promoted, even by a forced request (only automatic
+/// failover checked the system identifier before).
+#[test]
+fn a_request_never_promotes_a_standby_of_another_system() {
+    use crate::spec::{RequestKind, RoleRequest};
+    let c = running()
+        .standby("b", 0x3000000)
+        .tweak("b", |r| r.system_id = Some(SID + 1))
+        .spec(|s| {
+            s.request = Some(RoleRequest {
+                id: 7,
+                kind: RequestKind::Switchover,
+                to: Some("b".into()),
+                force: true,
+            })
+        });
+    let d = c.decide();
+    assert_eq!(primary_of(&d), Some("a"));
+    let outcome = d
+        .next
+        .request_outcome
+        .map(|o| o.to_string())
+        .unwrap_or_default();
+    assert!(outcome.contains("another system"), "{outcome}");
+}
+
+/// Generation arithmetic is checked: a role change at the last generation
+/// changes nothing and says why (a wrapped generation would look older than
+/// everything already carried out).
+#[test]
+fn a_role_change_at_the_last_generation_is_refused_not_wrapped() {
+    let c = running()
+        .standby("b", 0x3000000)
+        .status(|s| s.generation = u64::MAX)
+        .primary_gone();
+    let d = c.decide();
+    assert_eq!(
+        d.reason,
+        Reason::GenerationExhausted {
+            generation: u64::MAX
+        }
+    );
+    assert_eq!(d.next, c.view.status);
+    assert!(d.reason.to_string().contains("ctl init --force"));
 }

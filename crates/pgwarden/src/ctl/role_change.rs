@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pgwarden_core::spec::{RequestKind, RoleRequest};
+use pgwarden_core::status::RequestOutcome;
 use pgwarden_core::{Assignment, ObservedRole};
 use pgwarden_store::Store;
 
@@ -104,18 +105,17 @@ async fn follow(store: &Store, id: u64, kind: &str, timeout: Duration) -> anyhow
     loop {
         let snap = crate::view::load(store).await.context("read the cluster")?;
         let st = &snap.status;
-        let outcome = if st.handled_request >= id {
-            st.request_outcome.clone().unwrap_or_default()
-        } else {
-            String::new()
-        };
-        if let Some(why) = outcome.strip_prefix("refused: ") {
+        let outcome = st
+            .request_outcome
+            .as_ref()
+            .filter(|_| st.handled_request >= id);
+        if let Some(RequestOutcome::Refused { why }) = outcome {
             bail!("{kind} refused: {why}");
         }
-        if let Some(why) = outcome.strip_prefix("failed: ") {
+        if let Some(RequestOutcome::Failed { why }) = outcome {
             bail!("{kind} failed: {why}");
         }
-        if outcome.starts_with("done: ") {
+        if let Some(RequestOutcome::Done { .. }) = outcome {
             // Done in the status; report once the new primary accepts writes.
             if let Some(p) = &st.primary {
                 if snap.primary_holder.as_deref() == Some(p)
@@ -134,10 +134,10 @@ async fn follow(store: &Store, id: u64, kind: &str, timeout: Duration) -> anyhow
             }
         }
         let progress = match (&st.deposed, &st.target, &st.primary) {
-            _ if outcome.is_empty() => "waiting for the sentinel to take the request".to_string(),
+            _ if outcome.is_none() => "waiting for the sentinel to take the request".to_string(),
             (Some(old), Some(t), _) => format!("{old} deposed, promoting {t}"),
             (_, _, Some(p)) => format!("{p} named primary, waiting for it to accept writes"),
-            _ => outcome.clone(),
+            _ => outcome.map(ToString::to_string).unwrap_or_default(),
         };
         if progress != last_said {
             eprintln!("  {progress}");

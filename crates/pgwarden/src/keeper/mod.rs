@@ -24,7 +24,7 @@ use self::config::{KeeperArgs, KeeperConfig};
 use self::node::Node;
 
 /// How often the keeper observes without a store event.
-pub const TICK: Duration = Duration::from_millis(1000);
+pub const TICK: Duration = Duration::from_millis(pgwarden_core::keeper::LOOP_MS);
 
 /// Runs a keeper until `cancel`.
 pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<()> {

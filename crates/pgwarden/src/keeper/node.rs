@@ -7,15 +7,12 @@
 //! SQL connection, and the last generation it carried out. Everything else is
 //! observed afresh each tick.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pgwarden_core::decide::sync::render_sync_names;
-use pgwarden_core::plan::Target;
-use pgwarden_core::spec::{NodeAction, OnPostgresCrash};
+use pgwarden_core::keeper::{self, FailureCause};
 use pgwarden_core::{
-    keys, plan, Assignment, ErrorKind, KeeperReport, Observed, ObservedRole, PgAction, Spec, Status,
+    keys, Assignment, ErrorKind, KeeperReport, Observed, ObservedRole, Spec, Status,
 };
 use pgwarden_pg::{ConnParams, PgBins, PgClient, PgConf, PgStatus, Postmaster, StandbyConf};
 use pgwarden_store::{LeaseKeeper, LeaseState, Renewals, Store};
@@ -36,21 +33,13 @@ mod observe;
 
 use observe::SyncObserved;
 
-/// Tick while a failover or switchover is in progress.
-const FAST_TICK: Duration = Duration::from_millis(50);
 /// How long a fast shutdown may take before it escalates.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for a started postgres to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Plan-execute rounds per tick before the tick gives way.
-const MAX_PLAN_ROUNDS: usize = 4;
 /// The `max_slot_wal_keep_size` every node runs with unless the spec's
 /// pg_parameters set another (`-1` turns the guard off).
 pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
-/// How long a keeper whose primary postgres crashed waits for the sentinel's
-/// verdict before restarting it in place. The sentinel reacts to the report
-/// within milliseconds; this bounds the outage when no standby is eligible.
-const CRASH_VERDICT_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Node {
     local: watch::Sender<Option<LocalState>>,
@@ -79,9 +68,14 @@ pub struct Node {
     /// On a primary: the synchronous_standby_names in effect and the
     /// standbys pg_stat_replication shows synchronous.
     sync_observed: Option<SyncObserved>,
-    /// A failover or switchover is between its two steps: report often, the
-    /// sentinel is waiting on our positions.
-    failover_in_progress: bool,
+    /// Until the next tick without an event: short while a failover or
+    /// switchover is between its two steps (the sentinel waits on our
+    /// positions).
+    period: Duration,
+    /// pg_rewind said the data directory cannot be rewound (an observed
+    /// fact for plan, which turns it into a re-clone); cleared when the
+    /// directory is replaced.
+    unrewindable: bool,
     assigned_primary: bool,
     generation: u64,
     cfg: KeeperConfig,
@@ -148,7 +142,8 @@ impl Node {
             pending_restart: false,
             sync_names: String::new(),
             sync_observed: None,
-            failover_in_progress: false,
+            period: TICK,
+            unrewindable: false,
             assigned_primary: false,
             generation: 0,
             cfg,
@@ -242,7 +237,7 @@ impl Node {
                 _ = cancel.cancelled() => break Ok(()),
                 _ = status_changes.recv() => {}
                 info = exited => tracing::warn!("postgres exited: {info}"),
-                _ = tokio::time::sleep(if self.failover_in_progress { FAST_TICK } else { TICK }) => {}
+                _ = tokio::time::sleep(self.period) => {}
             }
         };
         self.shutdown().await;
@@ -314,81 +309,65 @@ impl Node {
             return Ok(());
         };
         let status = snap.status;
-        if status.generation < self.applied_generation {
-            tracing::warn!(
-                generation = status.generation,
-                applied = self.applied_generation,
-                "ignoring a status older than the one already carried out"
-            );
-            return Ok(());
-        }
-        let assignment = status.members.get(&self.cfg.uid).cloned();
-        let wants_primary = matches!(assignment, Some(Assignment::Primary));
-        self.assigned_primary = wants_primary;
-        self.failover_in_progress = status.deposed.is_some();
-        self.sync_names =
-            render_sync_names(&status.sync_names, spec.min_sync_standbys, spec.sync_mode);
-        self.generation = status.generation;
-        let holds_primary_lease = wants_primary && self.hold_primary_lease(&spec).await;
-        let pending_request = spec
-            .node_requests
-            .get(&self.cfg.uid)
-            .filter(|r| r.id > self.handled_node_request)
-            .copied();
-        let mut target = Target {
-            assignment: assignment.as_ref(),
-            cluster_system_id: status.system_id,
-            wanted_slots: wanted_slots(&status, &self.cfg.uid),
-            holds_primary_lease,
-            upstream_is_primary: match &assignment {
-                Some(Assignment::Standby { follow, .. }) => {
-                    status.primary.as_deref() == Some(follow)
-                }
-                _ => true,
-            },
-            node_request: pending_request.map(|r| r.action),
-        };
-        // Converge within one tick when each step's outcome makes the next
-        // one possible (initdb, start, then the replication role), so the
-        // node is never published as a ready primary half-way through.
-        let mut obs = self.observe(&spec, &status, assignment.as_ref()).await?;
-        if wants_primary && self.awaiting_crash_verdict(&spec, &obs) {
-            // Let the sentinel see postgres down and fail over to a
-            // caught-up standby if there is one; restart in place otherwise.
-            self.publish(lease, None).await;
-            return Ok(());
-        }
-        let mut failed = None;
-        for _ in 0..MAX_PLAN_ROUNDS {
-            let actions = plan(&target, &obs.plan_input)?;
-            if actions.is_empty() {
-                break;
+        let uid = self.cfg.uid.clone();
+        let mut tick = match keeper::Tick::new(
+            &uid,
+            &spec,
+            &status,
+            self.applied_generation,
+            self.handled_node_request,
+        ) {
+            Ok(t) => t,
+            Err(stale) => {
+                tracing::warn!(
+                    generation = stale.generation,
+                    applied = stale.applied,
+                    "ignoring a status older than the one already carried out"
+                );
+                return Ok(());
             }
-            let mut carried_out = false;
-            for action in &actions {
+        };
+        let assignment = tick.assignment.cloned();
+        self.assigned_primary = tick.wants_primary();
+        self.period = Duration::from_millis(tick.period_ms);
+        self.sync_names = tick.sync_names.clone();
+        self.generation = status.generation;
+        let holds_primary_lease =
+            tick.takes_primary_lease() && self.hold_primary_lease(&spec).await;
+        let mut failed = None;
+        let mut round = 0;
+        let step = loop {
+            let obs = self.observe(&spec, &status, assignment.as_ref()).await?;
+            let step = tick.step(&keeper::Round {
+                observed: &obs.plan_input,
+                holds_primary_lease,
+                crashed_ms_ago: self.crashed_at.map(|t| millis(t.elapsed())),
+                round,
+            })?;
+            if step.await_crash_verdict {
+                // Let the sentinel see postgres down and fail over to a
+                // caught-up standby if there is one; restart in place otherwise.
+                self.publish(lease, None).await;
+                return Ok(());
+            }
+            if step.actions.is_empty() || failed.is_some() {
+                break (step, obs.pg);
+            }
+            for action in &step.actions {
                 let what = format!("{action:?}");
                 if let Err(e) = self.execute(action, &spec, assignment.as_ref()).await {
                     failed = Some(e.context(format!("postgres action {what}")));
                     break;
                 }
-                carried_out |= matches!(
-                    (target.node_request, action),
-                    (Some(NodeAction::Restart), PgAction::Start)
-                        | (Some(NodeAction::Reinit), PgAction::BaseBackup { .. })
-                );
+                if let Some(r) = tick.carried_out(action) {
+                    tracing::info!(id = r.id, action = ?r.action, "operator request carried out");
+                    self.handled_node_request = r.id;
+                    self.record_handled_request(r.id).await;
+                }
             }
-            if let (true, Some(r)) = (carried_out, pending_request) {
-                tracing::info!(id = r.id, action = ?r.action, "operator request carried out");
-                self.handled_node_request = r.id;
-                target.node_request = None;
-                self.record_handled_request(r.id).await;
-            }
-            obs = self.observe(&spec, &status, assignment.as_ref()).await?;
-            if failed.is_some() {
-                break;
-            }
-        }
-        let pg = obs.pg;
+            round += 1;
+        };
+        let (step, pg) = step;
         self.sync_observed = self.observe_sync(pg.as_ref()).await;
         self.slot_retained = match (&self.client, &pg) {
             (Some(c), Some(_)) => c
@@ -413,9 +392,7 @@ impl Node {
             self.applied_generation = status.generation;
             self.last_error = None;
         }
-        // Give the role up only once postgres cannot accept writes.
-        let writable = self.postmaster.is_some() && !pg.as_ref().is_some_and(|s| s.in_recovery);
-        if !wants_primary && !writable {
+        if step.release_primary_lease {
             if let Some(lease) = self.primary_lease.take() {
                 lease.release().await;
             }
@@ -531,17 +508,6 @@ impl Node {
             == Some(pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment)).as_str())
             && read("pg_hba.conf").as_deref() == Some(self.hba(spec).as_str())
             && standby_ok
-    }
-
-    /// After postgres crashed on a primary, the keeper waits up to
-    /// CRASH_VERDICT_WAIT before restarting it, so that the sentinel can fail
-    /// over (spec `on_postgres_crash = failover`).
-    fn awaiting_crash_verdict(&self, spec: &Spec, obs: &Observation) -> bool {
-        spec.on_postgres_crash == OnPostgresCrash::Failover
-            && !obs.plan_input.running
-            && self
-                .crashed_at
-                .is_some_and(|t| t.elapsed() < CRASH_VERDICT_WAIT)
     }
 
     /// Lets postgres itself check the spec's parameters before they are
@@ -716,25 +682,16 @@ impl Node {
     }
 }
 
-/// Whether an error is one no retry can fix (a human must act), which takes
-/// the node out of the running for promotion; anything else is transient.
+/// Whether an error disqualifies the node: the rule is core's
+/// [`keeper::error_kind`]; this only finds the cause in the chain.
 fn error_kind(e: &anyhow::Error) -> ErrorKind {
-    let fatal = e.chain().any(|c| {
-        c.downcast_ref::<pgwarden_pg::PgError>()
-            .is_some_and(pgwarden_pg::PgError::is_fatal)
-    });
-    if fatal {
-        ErrorKind::Fatal
-    } else {
-        ErrorKind::Transient
-    }
+    let cause = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<pgwarden_pg::PgError>())
+        .map_or(FailureCause::Other, pgwarden_pg::PgError::cause);
+    keeper::error_kind(cause)
 }
 
-/// One slot per member that streams from this node (or would, were it
-/// promoted), except members gone past `member_slots_ttl`.
-fn wanted_slots(status: &Status, uid: &str) -> BTreeSet<String> {
-    status
-        .slot_holders(uid)
-        .map(pgwarden_pg::slot_name)
-        .collect()
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -75,12 +75,13 @@ impl PrimaryLease {
         );
         let fencer = CancellationToken::new();
         let margin = timing::fencing_margin(ttl);
+        let (arm, kill) = (watchdog.clone(), watchdog.clone());
         tokio::spawn(fence(
             lease.state(),
             margin,
             timing::watchdog_margin(ttl),
-            postmaster,
-            watchdog.clone(),
+            move |d| arm.arm(d),
+            move |why| kill_postmaster(&postmaster, kill.data_dir(), why),
             fencer.clone(),
         ));
         Ok(PrimaryLease {
@@ -178,14 +179,15 @@ impl PrimaryLease {
     }
 }
 
-/// Kills postgres when the lease can no longer be proven valid `margin` before
-/// it could expire on the server.
+/// Kills postgres (`kill`, with the reason) when the lease can no longer be
+/// proven valid `margin` before it could expire on the server, and tells the
+/// watchdog (`arm`) by when it must hear again, `watchdog_margin` before.
 async fn fence(
     mut state: watch::Receiver<LeaseState>,
     margin: Duration,
     watchdog_margin: Duration,
-    postmaster: PostmasterPid,
-    watchdog: Watchdog,
+    arm: impl Fn(Duration),
+    kill: impl Fn(&str),
     stop: CancellationToken,
 ) {
     let mut ever_valid = false;
@@ -198,7 +200,7 @@ async fn fence(
                 // The watchdog acts even if this process is frozen. It is the
                 // backstop, so it fires later (see timing::watchdog_margin).
                 let backstop = until.checked_sub(watchdog_margin).unwrap_or(until);
-                watchdog.arm(backstop.saturating_duration_since(Instant::now()));
+                arm(backstop.saturating_duration_since(Instant::now()));
                 Some(deadline)
             }
             // Lost after having held it: the deadline has passed.
@@ -216,12 +218,12 @@ async fn fence(
             changed = state.changed() => {
                 if changed.is_err() {
                     // The renewal task is gone: nothing renews any more.
-                    kill_postmaster(&postmaster, watchdog.data_dir(), "the lease renewal task stopped");
+                    kill("the lease renewal task stopped");
                     return;
                 }
             }
             _ = expired => {
-                kill_postmaster(&postmaster, watchdog.data_dir(), "the primary lease could not be renewed in time");
+                kill("the primary lease could not be renewed in time");
                 // Stay armed until a renewal: any postmaster started meanwhile
                 // is killed too.
                 loop {
@@ -234,7 +236,7 @@ async fn fence(
                             break;
                         }
                         _ = tokio::time::sleep(REFENCE_INTERVAL) => {
-                            kill_postmaster(&postmaster, watchdog.data_dir(), "the primary lease is still not renewed");
+                            kill("the primary lease is still not renewed");
                         }
                     }
                 }
@@ -255,3 +257,6 @@ fn kill_postmaster(postmaster: &PostmasterPid, data_dir: &Path, why: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

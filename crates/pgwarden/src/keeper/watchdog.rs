@@ -81,35 +81,66 @@ pub fn run() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("watchdog state poisoned"))?;
     loop {
         let now = monotonic_ns();
-        if s.keeper_gone {
-            // A primary's keeper died: nothing will renew its lease.
-            if s.deadline_ns.is_some() {
-                fence(&s, "its keeper is gone");
+        match next(&s, now) {
+            Next::Exit { fence: kill } => {
+                if kill {
+                    fence(&s, "its keeper is gone");
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        match s.deadline_ns {
-            Some(d) if now >= d => {
+            Next::Fence { rearm_ns } => {
                 fence(
                     &s,
                     "its keeper did not renew the primary lease in time (frozen or stuck)",
                 );
-                // Keep killing anything started until the keeper renews again.
-                s.deadline_ns = Some(now + 50_000_000);
+                s.deadline_ns = Some(rearm_ns);
             }
-            Some(d) => {
-                let wait = Duration::from_nanos(d - now);
+            Next::Wait(wait) => {
                 s = cv
                     .wait_timeout(s, wait)
                     .map_err(|_| anyhow::anyhow!("watchdog state poisoned"))?
                     .0;
             }
-            None => {
+            Next::Sleep => {
                 s = cv
                     .wait(s)
                     .map_err(|_| anyhow::anyhow!("watchdog state poisoned"))?;
             }
         }
+    }
+}
+
+/// While fenced, how often the watchdog kills anything started again.
+const REFENCE_NS: u64 = 50_000_000;
+
+/// What the watchdog does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The keeper is gone: exit, killing postgres first if it was primary
+    /// (nothing will renew its lease).
+    Exit { fence: bool },
+    /// The deadline passed: kill postgres, and again at `rearm_ns` unless
+    /// the keeper renews first.
+    Fence { rearm_ns: u64 },
+    /// Until the deadline, unless the keeper says something first.
+    Wait(Duration),
+    /// No deadline (not primary): until the keeper says something.
+    Sleep,
+}
+
+/// The watchdog's rule, at `now` (CLOCK_MONOTONIC nanoseconds).
+fn next(s: &State, now: u64) -> Next {
+    if s.keeper_gone {
+        return Next::Exit {
+            fence: s.deadline_ns.is_some(),
+        };
+    }
+    match s.deadline_ns {
+        Some(d) if now >= d => Next::Fence {
+            rearm_ns: now.saturating_add(REFENCE_NS),
+        },
+        Some(d) => Next::Wait(Duration::from_nanos(d - now)),
+        None => Next::Sleep,
     }
 }
 
@@ -211,5 +242,48 @@ impl Watchdog {
     /// Not primary any more: no deadline.
     pub fn disarm(&self) {
         self.send("clear");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The watchdog runs on a std thread and CLOCK_MONOTONIC, not on tokio:
+    //! its rule is a pure function of the state and the instant, tested here
+    //! at exact instants.
+    use super::*;
+
+    fn armed(deadline_ns: u64) -> State {
+        State {
+            deadline_ns: Some(deadline_ns),
+            ..State::default()
+        }
+    }
+
+    #[test]
+    fn it_waits_for_the_deadline_then_fences_until_a_renewal() {
+        let s = armed(1_000);
+        assert_eq!(next(&s, 400), Next::Wait(Duration::from_nanos(600)));
+        assert_eq!(
+            next(&s, 1_000),
+            Next::Fence {
+                rearm_ns: 1_000 + REFENCE_NS
+            }
+        );
+        // Not primary: nothing to do until told.
+        assert_eq!(next(&State::default(), 5), Next::Sleep);
+    }
+
+    #[test]
+    fn a_dead_keeper_fences_only_a_primary() {
+        let gone = State {
+            keeper_gone: true,
+            ..armed(u64::MAX)
+        };
+        assert_eq!(next(&gone, 0), Next::Exit { fence: true });
+        let standby = State {
+            keeper_gone: true,
+            ..State::default()
+        };
+        assert_eq!(next(&standby, 0), Next::Exit { fence: false });
     }
 }

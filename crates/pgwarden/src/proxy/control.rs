@@ -231,7 +231,10 @@ impl Control {
             self.routes = Err("the cluster spec is gone from etcd".into());
             return;
         };
-        self.read_until = Some(sent + spec.proxy_ttl.0);
+        self.read_until = Some(Instant::from_std(timing::read_valid_until(
+            sent.into_std(),
+            spec.proxy_ttl.0,
+        )));
         let status = match self.status.take() {
             Some(accepted) if snap.status.generation < accepted.generation => {
                 if self.ignored_generation != Some(snap.status.generation) {
@@ -255,23 +258,15 @@ impl Control {
         self.status = Some(status);
     }
 
-    /// Until when routing is allowed: the earlier of the read deadline and
-    /// the lease's validity (less the fencing margin, so that routing stops
-    /// before etcd could expire the lease).
-    ///
-    /// While etcd is electing a leader, reads fail but the lease is proven
-    /// alive (see `LeaseState::electing`), and the read deadline follows the
-    /// lease: the sentinel cannot promote anyone before this proxy has
-    /// acknowledged the change or its lease has expired, so routing on the
-    /// last status read stays safe, and an election costs no write gap.
+    /// Until when routing is allowed: core's [`timing::routing_deadline`].
     fn deadline(&self, lease: &LeaseState) -> Option<Instant> {
-        let lease_until = lease
-            .valid_until?
-            .checked_sub(timing::fencing_margin(self.proxy_ttl))?;
-        if lease.electing {
-            return Some(lease_until);
-        }
-        Some(self.read_until?.min(lease_until))
+        timing::routing_deadline(
+            self.read_until.map(Instant::into_std),
+            lease.valid_until.map(Instant::into_std),
+            lease.electing,
+            self.proxy_ttl,
+        )
+        .map(Instant::from_std)
     }
 
     /// Brings the table in line with the routes, the deadline and the lease,

@@ -16,6 +16,7 @@
 //! | `strict_zero_loss` | 3: strict synchronous mode loses no acknowledged write |
 //! | `rewind_before_rejoin` | 4: nobody streams from a diverged history |
 //! | `no_foreign_overwrite` | 5: other clusters' data is never overwritten |
+//! | `peer_slots_ahead` | speed: a promoted standby already holds its peers' slots |
 //!
 //! Outside strict synchronous mode, acknowledged writes lost to a failover
 //! are counted (`Stats::lost_writes`), not forbidden: asynchronous
@@ -30,6 +31,7 @@ use crate::world::World;
 mod generation_monotonic;
 mod leader_writes;
 mod no_foreign_overwrite;
+mod peer_slots_ahead;
 mod promote_rules;
 mod proxy_single_route;
 mod rewind_before_rejoin;
@@ -40,6 +42,7 @@ mod writable_holds_lease;
 pub use generation_monotonic::GenerationMonotonic;
 pub use leader_writes::LeaderWrites;
 pub use no_foreign_overwrite::NoForeignOverwrite;
+pub use peer_slots_ahead::PeerSlotsAhead;
 pub use promote_rules::PromoteRules;
 pub use proxy_single_route::ProxySingleRoute;
 pub use rewind_before_rejoin::RewindBeforeRejoin;
@@ -67,5 +70,6 @@ pub fn all() -> Vec<Box<dyn Invariant>> {
         Box::new(StrictZeroLoss),
         Box::new(RewindBeforeRejoin),
         Box::new(NoForeignOverwrite),
+        Box::new(PeerSlotsAhead::default()),
     ]
 }

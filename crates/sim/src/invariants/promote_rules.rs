@@ -46,6 +46,7 @@ impl Invariant for PromoteRules {
                     nofailover,
                     wal,
                     last_writer,
+                    ..
                 } => {
                     if *nofailover {
                         return Err(format!("{uid} is tagged nofailover but was promoted"));

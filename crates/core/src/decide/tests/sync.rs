@@ -131,6 +131,7 @@ fn strict_mode_without_a_synchronous_standby_promotes_nobody() {
         .next
         .request_outcome
         .unwrap()
+        .to_string()
         .contains("c is not a synchronous standby"));
     assert_eq!(
         primary_of(&c().spec(req(true)).decide()),

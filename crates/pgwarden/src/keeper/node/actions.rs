@@ -126,6 +126,7 @@ impl Node {
                 self.client().await?.drop_slot(name).await?;
                 tracing::info!(slot = name.as_str(), "postgres: replication slot dropped");
             }
+            PgAction::SetAside => self.set_aside(spec).await?,
             PgAction::Wipe => {
                 tracing::info!(
                     "postgres: emptying the data directory to clone it again (operator request)"
@@ -133,6 +134,7 @@ impl Node {
                 clear_dir(&dir)?;
                 self.system_id = None;
                 self.last_position = None;
+                self.unrewindable = false;
             }
         }
         Ok(())
@@ -171,12 +173,10 @@ impl Node {
         }
     }
 
-    /// Rewinds onto the primary's timeline; when that fails and the spec
-    /// allows, re-clones (the data is this cluster's: plan checked the system
-    /// identifier).
     /// pg_rewind onto `host:port`. Only pg_rewind's own "cannot be rewound"
-    /// leads to a new copy (see [`pgwarden_core::rewind`]); any other failure
-    /// is retried with a growing pause and leaves the directory untouched.
+    /// leads to a new copy (see [`pgwarden_core::rewind`]), which this
+    /// records as an observation for plan; any other failure is retried with
+    /// a growing pause and leaves the directory untouched.
     pub(super) async fn rewind(
         &mut self,
         spec: &Spec,
@@ -248,9 +248,24 @@ impl Node {
         if classify_rewind_failure(&e.to_string()) == RewindFailure::Retry {
             return Err(self.rewind_retry_later(e.to_string()));
         }
-        if !spec.reclone_on_rewind_failure {
-            return Err(e).context("pg_rewind cannot rewind this data directory (re-cloning is off in the spec: set reclone_on_rewind_failure=true, or re-clone with `pgwarden ctl reinit`)");
+        // pg_rewind's own verdict: an observed fact, which plan turns into
+        // a new copy (SetAside, BaseBackup) where the spec allows.
+        self.unrewindable = true;
+        self.rewind_failures = 0;
+        self.rewind_retry = None;
+        if spec.reclone_on_rewind_failure {
+            Err(e).context(
+                "pg_rewind cannot rewind this data directory: cloning it again from the primary",
+            )
+        } else {
+            Err(e).context("pg_rewind cannot rewind this data directory (re-cloning is off in the spec: set reclone_on_rewind_failure=true, or re-clone with `pgwarden ctl reinit`)")
         }
+    }
+
+    /// Makes room for a new copy of a directory pg_rewind cannot rewind:
+    /// moves it aside when the filesystem has room, deletes it only when
+    /// the spec allows ([`reclone_step`]).
+    async fn set_aside(&mut self, spec: &Spec) -> anyhow::Result<()> {
         let dir = self.cfg.data_dir.clone();
         let step = match room_for_a_copy(&dir) {
             Ok(room) => reclone_step(room, spec.reclone_may_destroy_data),
@@ -262,37 +277,29 @@ impl Node {
         match step {
             RecloneStep::MoveAside => match move_aside(&dir) {
                 Ok(aside) => tracing::warn!(
-                    error = %e,
                     aside = %aside.display(),
                     "pg_rewind cannot rewind this data directory: moved it aside (the only copy kept; delete it once not needed) and re-cloning from the primary"
                 ),
                 Err(why) if spec.reclone_may_destroy_data => {
-                    tracing::warn!(error = %e, "pg_rewind cannot rewind this data directory and it cannot be moved aside ({why:#}): deleting it (spec reclone_may_destroy_data) and re-cloning");
+                    tracing::warn!("pg_rewind cannot rewind this data directory and it cannot be moved aside ({why:#}): deleting it (spec reclone_may_destroy_data) and re-cloning");
                     clear_dir(&dir)?;
                 }
-                Err(why) => {
-                    return Err(e).context(format!(
-                        "pg_rewind cannot rewind this data directory, and it cannot be moved aside to keep it ({why:#}): nothing deleted; free space or allow deletion with `pgwarden ctl spec set reclone_may_destroy_data=true`"
-                    ))
-                }
+                Err(why) => bail!(
+                    "pg_rewind cannot rewind this data directory, and it cannot be moved aside to keep it ({why:#}): nothing deleted; free space or allow deletion with `pgwarden ctl spec set reclone_may_destroy_data=true`"
+                ),
             },
             RecloneStep::Destroy => {
-                tracing::warn!(error = %e, "pg_rewind cannot rewind this data directory and there is no room to keep it: deleting it (spec reclone_may_destroy_data) and re-cloning");
+                tracing::warn!("pg_rewind cannot rewind this data directory and there is no room to keep it: deleting it (spec reclone_may_destroy_data) and re-cloning");
                 clear_dir(&dir)?;
             }
             RecloneStep::Refuse(why) => {
-                return Err(e).context(format!(
-                    "pg_rewind cannot rewind this data directory; not re-cloning: {why}"
-                ))
+                bail!("pg_rewind cannot rewind this data directory; not re-cloning: {why}")
             }
         }
         self.last_position = None;
         self.system_id = None;
-        self.rewind_failures = 0;
-        self.rewind_retry = None;
-        self.clone_from(host, port)
-            .await
-            .context("pg_basebackup after a failed rewind")
+        self.unrewindable = false;
+        Ok(())
     }
 
     /// Schedules the next rewind attempt after a retryable failure.

@@ -42,6 +42,7 @@ impl Node {
         if matches!(data, DataState::Missing | DataState::Empty) {
             self.system_id = None;
             self.last_position = None;
+            self.unrewindable = false;
         }
         let running = self.postmaster.is_some();
         let pg = if running { self.probe().await } else { None };
@@ -81,6 +82,7 @@ impl Node {
                 slots,
                 replication_role_ready: self.role_ready,
                 diverged,
+                unrewindable: self.unrewindable,
             },
             pg,
         })
