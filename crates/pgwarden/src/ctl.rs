@@ -15,6 +15,7 @@ use pgwarden_store::{CasOutcome, Store, StoreOptions};
 use crate::view::{self, Snapshot};
 use crate::StoreArgs;
 
+mod alerts;
 mod node_ops;
 mod role_change;
 pub(crate) mod status;
@@ -119,6 +120,21 @@ pub enum CtlCommand {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// What alerts fire and the recent transitions (docs/alerts.md).
+    Alerts {
+        /// Print JSON (the notification fields) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<AlertsCommand>,
+    },
+}
+
+/// `ctl alerts` commands.
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Print a Prometheus rules file equivalent to the configured alerts.
+    PrometheusRules,
 }
 
 /// `ctl spec` commands.
@@ -180,10 +196,21 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&status::to_json(store.cluster(), &snap))?
                 )?,
-                Output::Table => write!(out, "{}", status::table(store.cluster(), &snap))?,
+                Output::Table => {
+                    write!(out, "{}", status::table(store.cluster(), &snap))?;
+                    write!(out, "{}", alerts::status_line(&store).await)?;
+                }
             }
             Ok(())
         }
+        CtlCommand::Alerts {
+            command: Some(AlertsCommand::PrometheusRules),
+            ..
+        } => alerts::prometheus_rules(&store).await,
+        CtlCommand::Alerts {
+            json,
+            command: None,
+        } => alerts::show(&store, json).await,
         CtlCommand::Spec {
             command: SpecCommand::Show,
         } => {

@@ -15,6 +15,7 @@
 //! The server loop (`http`) and the Prometheus writer (`exposition`) are
 //! shared with the proxy's metrics endpoint.
 
+mod alerts;
 mod decisions;
 pub mod exposition;
 mod health;

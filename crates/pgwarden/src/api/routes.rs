@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::exposition::CONTENT_TYPE as PROMETHEUS;
 use super::health::{self, Check, Inputs, PrimaryPosition};
 use super::http::Body;
-use super::{load, metrics, ApiContext};
+use super::{alerts, load, metrics, ApiContext};
 
 const JSON: &str = "application/json";
 const SAFE_METHODS: &str = "GET, HEAD, OPTIONS";
@@ -28,7 +28,7 @@ pub async fn handle(ctx: &ApiContext, req: Request<Incoming>) -> Response<Body> 
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let known =
-        matches!(path.as_str(), "/cluster" | "/metrics") || Check::from_path(&path).is_some();
+        matches!(path.as_str(), "/cluster" | "/metrics" | "/alerts") || Check::from_path(&path).is_some();
     let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let response = if !safe {
         refuse(ctx, req.headers(), known)
@@ -36,6 +36,7 @@ pub async fn handle(ctx: &ApiContext, req: Request<Incoming>) -> Response<Body> 
         match path.as_str() {
             "/cluster" => cluster(ctx).await,
             "/metrics" => metrics_text(ctx).await,
+            "/alerts" => alerts_json(ctx).await,
             p => match Check::from_path(p) {
                 Some(check) => check_health(ctx, check, req.uri().query()).await,
                 None => error(StatusCode::NOT_FOUND, format!("no endpoint {p}")),
@@ -119,8 +120,21 @@ async fn metrics_text(ctx: &ApiContext) -> Response<Body> {
         ctx.decisions.observe(&s.status);
     }
     let decisions = ctx.decisions.counts();
-    let text = metrics::render(&ctx.cluster, &ctx.uid, &inputs, &decisions, snap.as_deref());
+    let mut text = metrics::render(&ctx.cluster, &ctx.uid, &inputs, &decisions, snap.as_deref());
+    let alert_state = alerts::load(&ctx.store).await.ok();
+    let disk = published.as_ref().and_then(|p| {
+        let r = &p.state.report;
+        r.data_disk_free_bytes.zip(r.data_disk_size_bytes)
+    });
+    text.push_str(&alerts::metrics(&ctx.cluster, &ctx.uid, disk, alert_state.as_ref()));
     respond(StatusCode::OK, PROMETHEUS, text.into_bytes())
+}
+
+async fn alerts_json(ctx: &ApiContext) -> Response<Body> {
+    match alerts::load(&ctx.store).await {
+        Ok(state) => json(StatusCode::OK, &crate::alerts::view(&ctx.cluster, &state)),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }
 
 /// No endpoint changes state yet: without valid credentials 401 (so that a
