@@ -35,8 +35,9 @@ pub struct Facts<'a> {
 /// Measures every metric.
 pub fn measure(f: &Facts<'_>) -> Measured {
     let mut m = Measured::new();
-    let members: std::collections::BTreeSet<&String> =
-        f.status.members.keys().chain(f.keepers.keys()).collect();
+    // Members are the keepers the status assigns a role: a keeper that
+    // reports but was not given one yet is not part of the cluster.
+    let members: std::collections::BTreeSet<&String> = f.status.members.keys().collect();
     let primary_lsn = f
         .status
         .primary
@@ -46,7 +47,14 @@ pub fn measure(f: &Facts<'_>) -> Measured {
         .and_then(|r| r.current_lsn);
     for uid in members {
         let report = f.keepers.get(uid);
-        let up = report.is_some_and(|r| r.healthy || r.role == ObservedRole::Initializing);
+        // Up: postgres answers, or it is still being created (initdb or a
+        // base backup running, no data directory yet). Gone: no report (the
+        // keeper or its host is down), or postgres down on existing data.
+        let up = report.is_some_and(|r| {
+            r.healthy
+                || r.role == ObservedRole::Initializing
+                || (r.role == ObservedRole::Stopped && r.system_id.is_none())
+        });
         let mut put = |metric: Metric, v: Option<f64>| {
             m.insert((metric, Some(uid.clone())), v);
         };

@@ -360,7 +360,22 @@ fn measuring_reports_and_status() {
     b.role = ObservedRole::Standby;
     b.healthy = true;
     b.replay_lsn = Some(Lsn(400));
-    let keepers: BTreeMap<_, _> = [("a".to_string(), a), ("b".to_string(), b)].into();
+    // e: assigned, postgres stopped on existing data; f: still being created;
+    // d: reports but has no role yet.
+    status.members.insert("e".into(), status.members["b"].clone());
+    status.members.insert("f".into(), status.members["b"].clone());
+    let mut e = KeeperReport::new("e", "h", 1, "u");
+    e.system_id = Some(7);
+    let f_report = KeeperReport::new("f", "h", 1, "u");
+    let d = KeeperReport::new("d", "h", 1, "u");
+    let keepers: BTreeMap<_, _> = [
+        ("a".to_string(), a),
+        ("b".to_string(), b),
+        ("d".to_string(), d),
+        ("e".to_string(), e),
+        ("f".to_string(), f_report),
+    ]
+    .into();
     let m = measure(&Facts {
         spec: &sp,
         status: &status,
