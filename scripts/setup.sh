@@ -7,6 +7,8 @@
 #              protoc and protobuf's well-known types)
 #   run/test   postgresql-15 (pgbench is part of it), etcd-server + etcd-client,
 #              iproute2 + iptables (network namespaces of the fault tests), procps
+#   alerts     prometheus (promtool checks the generated rules file),
+#              prometheus-alertmanager (a real Alertmanager receives alerts)
 #   benchmarks haproxy (measured side by side with the proxy)
 #   release    systemd (systemd-analyze verifies the units), debootstrap (fresh-check)
 # and the unprivileged OS user postgres runs as. Idempotent; apt is only
@@ -22,6 +24,7 @@ packages=(
   gcc libc6-dev ca-certificates protobuf-compiler libprotobuf-dev
   postgresql-15 postgresql-client-15 etcd-server etcd-client iproute2 iptables procps
   haproxy
+  prometheus prometheus-alertmanager
   systemd debootstrap
 )
 missing=()

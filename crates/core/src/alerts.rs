@@ -374,29 +374,28 @@ fn step_instance(
                 next.instances.remove(&key);
             }
         }
-        Some(inst) => {
-            if condition.clears(v) {
-                next.instances.remove(&key);
-                let n = notification(
-                    next,
-                    round,
-                    &alert.name,
-                    AlertStatus::Resolved,
-                    inst.severity,
-                    member.clone(),
-                    Some(v),
-                    Some(condition.threshold()),
-                    format!(
-                        "{} resolved: {} is {} ({})",
-                        describe(&alert.name, member.as_deref()),
-                        metric_name(alert),
-                        fmt_value(v),
-                        clear_text(condition)
-                    ),
-                );
-                push(next, transitions, n, Some(alert), round.receivers);
-            }
+        Some(inst) if condition.clears(v) => {
+            next.instances.remove(&key);
+            let n = notification(
+                next,
+                round,
+                &alert.name,
+                AlertStatus::Resolved,
+                inst.severity,
+                member.clone(),
+                Some(v),
+                Some(condition.threshold()),
+                format!(
+                    "{} resolved: {} is {} ({})",
+                    describe(&alert.name, member.as_deref()),
+                    metric_name(alert),
+                    fmt_value(v),
+                    clear_text(condition)
+                ),
+            );
+            push(next, transitions, n, Some(alert), round.receivers);
         }
+        Some(_) => {}
     }
 }
 

@@ -217,7 +217,10 @@ async fn round(
     {
         Ok(true) => alerts.wake.notify_waiters(),
         Ok(false) => {}
-        Err(e) => tracing::warn!(error = format!("{e:#}"), "alert evaluation failed; retrying next round"),
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "alert evaluation failed; retrying next round"
+        ),
     }
     let view = ClusterView {
         now_ms: now_ms(),

@@ -58,7 +58,9 @@ impl Webhook {
                         got.lock().unwrap().push(v);
                     }
                 }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
             }
         });
         (hook, port)
@@ -221,7 +223,11 @@ receivers = ["hook"]
     let victim = standbys[0].clone();
 
     // A standby dies: one member_gone firing, to every receiver.
-    assert_eq!(hook.states("member_gone", None), Vec::<String>::new(), "nothing at start-up");
+    assert_eq!(
+        hook.states("member_gone", None),
+        Vec::<String>::new(),
+        "nothing at start-up"
+    );
     c.kill_host(&victim);
     wait_for("member_gone firing at the webhook", ALERT_WAIT, || {
         (!hook.of("member_gone", Some(&victim)).is_empty()).then_some(())
@@ -244,10 +250,14 @@ receivers = ["hook"]
     .await;
     assert_eq!(in_am["status"]["state"], "active", "{in_am}");
     assert_eq!(in_am["labels"]["cluster"], "e2e");
-    assert_eq!(in_am["annotations"]["event_id"], fired["id"].as_u64().unwrap().to_string());
+    assert_eq!(
+        in_am["annotations"]["event_id"],
+        fired["id"].as_u64().unwrap().to_string()
+    );
     wait_for("the command receiver's run", ALERT_WAIT, || {
         let text = std::fs::read_to_string(&out_file).ok()?;
-        text.contains("PGWARDEN_ALERT_NAME=member_gone").then_some(text)
+        text.contains("PGWARDEN_ALERT_NAME=member_gone")
+            .then_some(text)
     })
     .await;
     let text = std::fs::read_to_string(&out_file).unwrap();
@@ -263,27 +273,41 @@ receivers = ["hook"]
         "PGWARDEN_ALERT_SUMMARY=e2e: member_gone on".into(),
         format!("\"id\":{}", fired["id"]),
     ] {
-        assert!(text.contains(&want), "{want:?} missing from the command's input:\n{text}");
+        assert!(
+            text.contains(&want),
+            "{want:?} missing from the command's input:\n{text}"
+        );
     }
 
     // The operator views, while it fires.
     let view: Value = serde_json::from_str(&c.ctl_ok(&["alerts", "--json"])).unwrap();
     let firing = view["firing"].as_array().unwrap();
     assert!(
-        firing.iter().any(|n| n["name"] == "member_gone" && n["member"] == victim.as_str() && n["id"] == fired["id"]),
+        firing.iter().any(|n| n["name"] == "member_gone"
+            && n["member"] == victim.as_str()
+            && n["id"] == fired["id"]),
         "{view:#}"
     );
     let table = c.ctl_ok(&["alerts"]);
     assert!(table.contains("member_gone"), "{table}");
     let status_text = c.ctl_ok(&["status"]);
-    assert!(status_text.contains("alerts: 1 firing (member_gone on"), "{status_text}");
-    let api = http(api_port(&c, &primary), "GET", "/alerts", &[]).await.unwrap();
+    assert!(
+        status_text.contains("alerts: 1 firing (member_gone on"),
+        "{status_text}"
+    );
+    let api = http(api_port(&c, &primary), "GET", "/alerts", &[])
+        .await
+        .unwrap();
     assert_eq!(api.status, 200);
     assert_eq!(api.json()["firing"], view["firing"]);
-    let metrics = http(api_port(&c, &primary), "GET", "/metrics", &[]).await.unwrap();
+    let metrics = http(api_port(&c, &primary), "GET", "/metrics", &[])
+        .await
+        .unwrap();
     let series = parse_prometheus(&metrics.body);
     assert_eq!(
-        series.get(&format!("pgwarden_alert_firing{{cluster=\"e2e\",alert=\"member_gone\",member=\"{victim}\"}}")),
+        series.get(&format!(
+            "pgwarden_alert_firing{{cluster=\"e2e\",alert=\"member_gone\",member=\"{victim}\"}}"
+        )),
         Some(&1.0),
         "{}",
         metrics.body
@@ -302,10 +326,17 @@ receivers = ["hook"]
     })
     .await;
     assert!(c.log("s2").contains("elected leader"), "s2 took over");
-    poll("member_gone resolved in Alertmanager", ALERT_WAIT, || async {
-        let active = am.alerts().await?;
-        (!active.iter().any(|a| a["labels"]["alertname"] == "member_gone")).then_some(())
-    })
+    poll(
+        "member_gone resolved in Alertmanager",
+        ALERT_WAIT,
+        || async {
+            let active = am.alerts().await?;
+            (!active
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "member_gone"))
+            .then_some(())
+        },
+    )
     .await;
     wait_for("the command receiver's second run", ALERT_WAIT, || {
         let text = std::fs::read_to_string(&out_file).ok()?;
@@ -325,7 +356,10 @@ receivers = ["hook"]
     // About 0.5MB a second in many small transactions, each replayed 2s
     // late (the delay holds replay at every commit record): the lag swings
     // between about one and two bursts, around 600kB, and never drains.
-    client.batch_execute("SET synchronous_commit = off").await.unwrap();
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .unwrap();
     let burst = "BEGIN; INSERT INTO load VALUES (repeat('x', 1000)); COMMIT; ".repeat(400);
     for _ in 0..25 {
         client.batch_execute(&burst).await.unwrap();
@@ -335,11 +369,15 @@ receivers = ["hook"]
     let steady = standbys[1].as_str();
     let band = hook.states("lag_band", Some(steady));
     let no_band = hook.states("lag_no_band", Some(steady));
-    eprintln!("under the oscillating load, on {steady}: lag_band {band:?}, lag_no_band {no_band:?}");
+    eprintln!(
+        "under the oscillating load, on {steady}: lag_band {band:?}, lag_no_band {no_band:?}"
+    );
     assert_eq!(band, vec!["firing"], "the band keeps it from flapping");
-    wait_for("lag_band resolved once the load stopped", ALERT_WAIT, || {
-        (hook.states("lag_band", Some(steady)).len() == 2).then_some(())
-    })
+    wait_for(
+        "lag_band resolved once the load stopped",
+        ALERT_WAIT,
+        || (hook.states("lag_band", Some(steady)).len() == 2).then_some(()),
+    )
     .await;
 
     // A failover: one event with the old and the new primary.
@@ -355,15 +393,35 @@ receivers = ["hook"]
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["old_primary"], primary.as_str());
     assert_eq!(events[0]["new_primary"], new_primary.as_str());
-    assert!(events[0]["reason"].as_str().unwrap().starts_with("failover: "), "{}", events[0]);
+    assert!(
+        events[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("failover: "),
+        "{}",
+        events[0]
+    );
 
     // No notification reached the webhook twice.
-    let ids: Vec<u64> = hook.got.lock().unwrap().iter().map(|n| n["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = hook
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();
-    assert_eq!(ids.len(), unique.len(), "a notification was delivered twice: {ids:?}");
-    assert_eq!(hook.states("member_gone", Some(&victim)), vec!["firing", "resolved"]);
+    assert_eq!(
+        ids.len(),
+        unique.len(),
+        "a notification was delivered twice: {ids:?}"
+    );
+    assert_eq!(
+        hook.states("member_gone", Some(&victim)),
+        vec!["firing", "resolved"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -328,10 +328,14 @@ fn one_failover_event_per_promotion_and_none_for_old_history() {
 
 #[test]
 fn measuring_reports_and_status() {
-    let mut sp = Spec::default();
-    sp.sync_mode = SyncMode::Strict;
-    let mut status = Status::default();
-    status.primary = Some("a".into());
+    let sp = Spec {
+        sync_mode: SyncMode::Strict,
+        ..Spec::default()
+    };
+    let mut status = Status {
+        primary: Some("a".into()),
+        ..Status::default()
+    };
     status.members.insert("a".into(), Assignment::Primary);
     status.members.insert(
         "b".into(),
@@ -362,8 +366,12 @@ fn measuring_reports_and_status() {
     b.replay_lsn = Some(Lsn(400));
     // e: assigned, postgres stopped on existing data; f: still being created;
     // d: reports but has no role yet.
-    status.members.insert("e".into(), status.members["b"].clone());
-    status.members.insert("f".into(), status.members["b"].clone());
+    status
+        .members
+        .insert("e".into(), status.members["b"].clone());
+    status
+        .members
+        .insert("f".into(), status.members["b"].clone());
     let mut e = KeeperReport::new("e", "h", 1, "u");
     e.system_id = Some(7);
     let f_report = KeeperReport::new("f", "h", 1, "u");

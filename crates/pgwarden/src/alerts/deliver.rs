@@ -96,7 +96,11 @@ async fn receiver_loop(
         let next = match super::load(&store).await {
             Ok(s) => s.state.next_for(name).cloned().map(|n| (n, s.state)),
             Err(e) => {
-                tracing::debug!(receiver = name, error = format!("{e:#}"), "cannot read the alert outbox");
+                tracing::debug!(
+                    receiver = name,
+                    error = format!("{e:#}"),
+                    "cannot read the alert outbox"
+                );
                 None
             }
         };
@@ -120,18 +124,38 @@ async fn receiver_loop(
         match sent {
             Ok(()) => {
                 if let Some(since) = failing_since.take() {
-                    tracing::info!(receiver = name, down_for_s = since.elapsed().as_secs(), "alert receiver accepts notifications again");
+                    tracing::info!(
+                        receiver = name,
+                        down_for_s = since.elapsed().as_secs(),
+                        "alert receiver accepts notifications again"
+                    );
                 }
                 backoff = BACKOFF_MIN;
                 mark(&store, &guard, n.id, name).await;
-                tracing::info!(receiver = name, id = n.id, alert = n.name.as_str(), state = n.state.as_str(), "alert delivered");
+                tracing::info!(
+                    receiver = name,
+                    id = n.id,
+                    alert = n.name.as_str(),
+                    state = n.state.as_str(),
+                    "alert delivered"
+                );
             }
             Err(e) => {
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
-                    tracing::warn!(receiver = name, id = n.id, error = e, "alert delivery failed; retrying with backoff");
+                    tracing::warn!(
+                        receiver = name,
+                        id = n.id,
+                        error = e,
+                        "alert delivery failed; retrying with backoff"
+                    );
                 } else {
-                    tracing::debug!(receiver = name, id = n.id, error = e, "alert delivery failed again");
+                    tracing::debug!(
+                        receiver = name,
+                        id = n.id,
+                        error = e,
+                        "alert delivery failed again"
+                    );
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -149,7 +173,12 @@ async fn mark(store: &Store, guard: &[Guard], id: u64, receiver: &str) {
         let stored = match super::load(store).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(receiver, id, error = format!("{e:#}"), "cannot record an alert delivery; it may be sent again");
+                tracing::warn!(
+                    receiver,
+                    id,
+                    error = format!("{e:#}"),
+                    "cannot record an alert delivery; it may be sent again"
+                );
                 return;
             }
         };
@@ -163,7 +192,12 @@ async fn mark(store: &Store, guard: &[Guard], id: u64, receiver: &str) {
             // case the new leader sends it again (same id).
             Ok(false) => continue,
             Err(e) => {
-                tracing::warn!(receiver, id, error = format!("{e:#}"), "cannot record an alert delivery; it may be sent again");
+                tracing::warn!(
+                    receiver,
+                    id,
+                    error = format!("{e:#}"),
+                    "cannot record an alert delivery; it may be sent again"
+                );
                 return;
             }
         }
@@ -173,10 +207,16 @@ async fn mark(store: &Store, guard: &[Guard], id: u64, receiver: &str) {
 /// Posts every firing alert to an Alertmanager again (it merges them by
 /// labels), so that its resolve_timeout never ends one that still fires.
 async fn refresh(kind: &pgwarden_core::alerts::ReceiverKind<'_>, store: &Store, name: &str) {
-    let Ok(stored) = super::load(store).await else { return };
+    let Ok(stored) = super::load(store).await else {
+        return;
+    };
     for n in super::view(store.cluster(), &stored.state).firing {
         if let Err(e) = receivers::send(kind, &n).await {
-            tracing::debug!(receiver = name, error = e, "refreshing a firing alert failed");
+            tracing::debug!(
+                receiver = name,
+                error = e,
+                "refreshing a firing alert failed"
+            );
         }
     }
 }

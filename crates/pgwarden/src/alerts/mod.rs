@@ -26,7 +26,6 @@ use pgwarden_core::{keys, Spec};
 use pgwarden_store::{CasOutcome, Guard, Store};
 use serde::Serialize;
 
-
 /// How often the leader probes each etcd member for `store_unreachable`.
 pub const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Bound on one member's answer to that probe.
@@ -46,7 +45,11 @@ pub struct Stored {
 /// Reads the `alerts` key. A state this pgwarden cannot read is an error:
 /// the sentinel then leaves it alone rather than overwrite a newer format.
 pub async fn load(store: &Store) -> anyhow::Result<Stored> {
-    let Some(v) = store.get(keys::ALERTS).await.context("read the alert state")? else {
+    let Some(v) = store
+        .get(keys::ALERTS)
+        .await
+        .context("read the alert state")?
+    else {
         return Ok(Stored::default());
     };
     let state = AlertState::from_json(&v.value).context("parse the alert state (key alerts)")?;
@@ -129,7 +132,11 @@ pub async fn evaluate_round(
         store_unreachable_members: probe.get(),
         rpo_seconds: None,
     });
-    let receivers: Vec<String> = spec.alert_receivers.iter().map(|r| r.name.clone()).collect();
+    let receivers: Vec<String> = spec
+        .alert_receivers
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     let evaluated = alerts::evaluate(
         &stored.state,
         &Round {
@@ -204,7 +211,11 @@ pub fn view(cluster: &str, state: &AlertState) -> View {
 
 /// A firing instance whose notification left the recent list.
 fn from_instance(cluster: &str, i: &Instance) -> Notification {
-    let on = i.member.as_deref().map(|m| format!(" on {m}")).unwrap_or_default();
+    let on = i
+        .member
+        .as_deref()
+        .map(|m| format!(" on {m}"))
+        .unwrap_or_default();
     Notification {
         id: i.id,
         name: i.name.clone(),

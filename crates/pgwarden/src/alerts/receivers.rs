@@ -112,7 +112,10 @@ async fn post_inner(url: &str, body: Vec<u8>) -> Result<(), String> {
     let req = Request::post(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, concat!("pgwarden/", env!("CARGO_PKG_VERSION")))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("pgwarden/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("build the request to {url}: {e}"))?;
     let resp = sender
@@ -130,7 +133,10 @@ async fn post_inner(url: &str, body: Vec<u8>) -> Result<(), String> {
         Ok(())
     } else {
         let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        Err(format!("POST {url}: HTTP {status}: {}", text.chars().take(200).collect::<String>()))
+        Err(format!(
+            "POST {url}: HTTP {status}: {}",
+            text.chars().take(200).collect::<String>()
+        ))
     }
 }
 
@@ -142,9 +148,18 @@ pub fn command_env(n: &Notification) -> Vec<(&'static str, String)> {
         ("PGWARDEN_ALERT_STATE", n.state.as_str().to_string()),
         ("PGWARDEN_ALERT_SEVERITY", n.severity.as_str().to_string()),
         ("PGWARDEN_ALERT_CLUSTER", n.cluster.clone()),
-        ("PGWARDEN_ALERT_MEMBER", n.member.clone().unwrap_or_default()),
-        ("PGWARDEN_ALERT_VALUE", n.value.map(fmt_value).unwrap_or_default()),
-        ("PGWARDEN_ALERT_THRESHOLD", n.threshold.map(fmt_value).unwrap_or_default()),
+        (
+            "PGWARDEN_ALERT_MEMBER",
+            n.member.clone().unwrap_or_default(),
+        ),
+        (
+            "PGWARDEN_ALERT_VALUE",
+            n.value.map(fmt_value).unwrap_or_default(),
+        ),
+        (
+            "PGWARDEN_ALERT_THRESHOLD",
+            n.threshold.map(fmt_value).unwrap_or_default(),
+        ),
         ("PGWARDEN_ALERT_SINCE", n.since.clone()),
         ("PGWARDEN_ALERT_SUMMARY", n.summary.clone()),
     ];
@@ -174,7 +189,10 @@ async fn run_command(program: &str, n: &Notification) -> Result<(), String> {
         let _ = stdin.write_all(b"\n").await;
     }
     match tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
-        Err(_) => Err(format!("{program} did not exit within {}s", COMMAND_TIMEOUT.as_secs())),
+        Err(_) => Err(format!(
+            "{program} did not exit within {}s",
+            COMMAND_TIMEOUT.as_secs()
+        )),
         Ok(Err(e)) => Err(format!("wait for {program}: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {

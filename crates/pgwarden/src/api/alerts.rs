@@ -90,9 +90,25 @@ mod tests {
             );
         }
         let text = metrics("c", "a", Some((5, 10)), Some(&s));
-        assert!(text.contains("pgwarden_alert_firing{cluster=\"c\",alert=\"member_gone\",member=\"b\"} 1\n"), "{text}");
-        assert!(text.contains("pgwarden_alert_firing{cluster=\"c\",alert=\"writes_blocked\",member=\"\"} 1\n"), "{text}");
-        assert!(!text.contains("replication_lag"), "pending is not firing: {text}");
-        assert!(text.contains("pgwarden_data_disk_free_bytes{cluster=\"c\",uid=\"a\"} 5\n"), "{text}");
+        assert!(
+            text.contains(
+                "pgwarden_alert_firing{cluster=\"c\",alert=\"member_gone\",member=\"b\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pgwarden_alert_firing{cluster=\"c\",alert=\"writes_blocked\",member=\"\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("replication_lag"),
+            "pending is not firing: {text}"
+        );
+        assert!(
+            text.contains("pgwarden_data_disk_free_bytes{cluster=\"c\",uid=\"a\"} 5\n"),
+            "{text}"
+        );
     }
 }

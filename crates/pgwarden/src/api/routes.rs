@@ -27,8 +27,8 @@ const SAFE_METHODS: &str = "GET, HEAD, OPTIONS";
 pub async fn handle(ctx: &ApiContext, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let known =
-        matches!(path.as_str(), "/cluster" | "/metrics" | "/alerts") || Check::from_path(&path).is_some();
+    let known = matches!(path.as_str(), "/cluster" | "/metrics" | "/alerts")
+        || Check::from_path(&path).is_some();
     let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let response = if !safe {
         refuse(ctx, req.headers(), known)
@@ -126,7 +126,12 @@ async fn metrics_text(ctx: &ApiContext) -> Response<Body> {
         let r = &p.state.report;
         r.data_disk_free_bytes.zip(r.data_disk_size_bytes)
     });
-    text.push_str(&alerts::metrics(&ctx.cluster, &ctx.uid, disk, alert_state.as_ref()));
+    text.push_str(&alerts::metrics(
+        &ctx.cluster,
+        &ctx.uid,
+        disk,
+        alert_state.as_ref(),
+    ));
     respond(StatusCode::OK, PROMETHEUS, text.into_bytes())
 }
 

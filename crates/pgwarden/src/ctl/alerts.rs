@@ -46,7 +46,10 @@ pub async fn status_line(store: &Store) -> String {
                 .collect();
             match firing.len() {
                 0 => "alerts: none firing\n".to_string(),
-                n => format!("alerts: {n} firing ({}); see `pgwarden ctl alerts`\n", firing.join(", ")),
+                n => format!(
+                    "alerts: {n} firing ({}); see `pgwarden ctl alerts`\n",
+                    firing.join(", ")
+                ),
             }
         }
         Err(e) => format!("alerts: unknown ({e:#})\n"),
@@ -81,7 +84,11 @@ fn table(view: &View) -> String {
             row(&mut out, n);
         }
     }
-    let _ = writeln!(out, "\nRecent transitions (newest first): {}", view.recent.len());
+    let _ = writeln!(
+        out,
+        "\nRecent transitions (newest first): {}",
+        view.recent.len()
+    );
     if !view.recent.is_empty() {
         out.push_str(&header);
         for n in &view.recent {
