@@ -204,13 +204,32 @@ async fn mark(store: &Store, guard: &[Guard], id: u64, receiver: &str) {
     }
 }
 
-/// Posts every firing alert to an Alertmanager again (it merges them by
-/// labels), so that its resolve_timeout never ends one that still fires.
+/// Posts every firing alert routed to this Alertmanager again (it merges
+/// them by labels), so that its resolve_timeout never ends one that still
+/// fires.
 async fn refresh(kind: &pgwarden_core::alerts::ReceiverKind<'_>, store: &Store, name: &str) {
     let Ok(stored) = super::load(store).await else {
         return;
     };
+    let defs = match store.get(keys::SPEC).await {
+        Ok(Some(v)) => Spec::from_json(&v.value)
+            .ok()
+            .and_then(|s| pgwarden_core::alerts::definitions(&s).ok()),
+        _ => None,
+    };
+    let Some(defs) = defs else { return };
+    let routed = |alert: &str| {
+        defs.iter().any(|d| {
+            d.name == alert
+                && d.receivers
+                    .as_ref()
+                    .is_none_or(|r| r.iter().any(|r| r == name))
+        })
+    };
     for n in super::view(store.cluster(), &stored.state).firing {
+        if !routed(&n.name) {
+            continue;
+        }
         if let Err(e) = receivers::send(kind, &n).await {
             tracing::debug!(
                 receiver = name,

@@ -202,3 +202,59 @@ async fn run_command(program: &str, n: &Notification) -> Result<(), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwarden_core::alerts::Severity;
+
+    fn notification(state: AlertStatus) -> Notification {
+        Notification {
+            id: 7,
+            name: "member_gone".into(),
+            state,
+            severity: Severity::Warning,
+            cluster: "c".into(),
+            member: Some("k2".into()),
+            value: Some(0.0),
+            threshold: Some(1.0),
+            since: rfc3339(1_800_000_000_000),
+            since_ms: 1_800_000_000_000,
+            summary: "c: member_gone on k2 firing".into(),
+            old_primary: None,
+            new_primary: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn alertmanager_gets_labels_annotations_and_ends_on_resolve() {
+        let firing = alertmanager_alert(&notification(AlertStatus::Firing));
+        assert_eq!(
+            firing["labels"],
+            json!({"alertname": "member_gone", "cluster": "c", "severity": "warning", "member": "k2"})
+        );
+        assert_eq!(firing["annotations"]["event_id"], "7");
+        assert_eq!(firing["annotations"]["value"], "0");
+        assert_eq!(firing["startsAt"], "2027-01-15T08:00:00.000Z");
+        assert!(firing.get("endsAt").is_none(), "{firing}");
+        let resolved = alertmanager_alert(&notification(AlertStatus::Resolved));
+        assert_eq!(resolved["endsAt"], resolved["startsAt"]);
+        let mut event = notification(AlertStatus::Firing);
+        event.threshold = None;
+        let event = alertmanager_alert(&event);
+        assert_eq!(event["endsAt"], "2027-01-15T08:10:00.000Z");
+    }
+
+    #[test]
+    fn the_command_environment_has_every_field() {
+        let env = command_env(&notification(AlertStatus::Resolved));
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PGWARDEN_ALERT_ID"), Some("7"));
+        assert_eq!(get("PGWARDEN_ALERT_STATE"), Some("resolved"));
+        assert_eq!(get("PGWARDEN_ALERT_MEMBER"), Some("k2"));
+        assert_eq!(get("PGWARDEN_ALERT_THRESHOLD"), Some("1"));
+        assert_eq!(get("PGWARDEN_ALERT_NEW_PRIMARY"), Some(""));
+        assert_eq!(env.len(), 13);
+    }
+}
