@@ -191,14 +191,14 @@ enabled = false
 [[alerts]]
 name = "lag_band"
 metric = "replication_lag_bytes"
-above = 614400
+above = 307200
 clear_below = 65536
 receivers = ["hook"]
 
 [[alerts]]
 name = "lag_no_band"
 metric = "replication_lag_bytes"
-above = 614400
+above = 307200
 receivers = ["hook"]
 "#,
             am_port = am.port,
@@ -222,18 +222,22 @@ receivers = ["hook"]
         .collect();
     let victim = standbys[0].clone();
 
-    // A standby dies: one member_gone firing, to every receiver.
-    assert_eq!(
-        hook.states("member_gone", None),
-        Vec::<String>::new(),
-        "nothing at start-up"
-    );
-    c.kill_host(&victim);
-    wait_for("member_gone firing at the webhook", ALERT_WAIT, || {
-        (!hook.of("member_gone", Some(&victim)).is_empty()).then_some(())
+    // A standby dies: one member_gone firing, to every receiver. (On a
+    // loaded machine start-up itself may have had transitions: count from
+    // here.)
+    wait_for("no member_gone firing", ALERT_WAIT, || {
+        let v: Value = serde_json::from_str(&c.ctl_ok(&["alerts", "--json"])).ok()?;
+        let firing = v["firing"].as_array()?;
+        (!firing.iter().any(|n| n["name"] == "member_gone")).then_some(())
     })
     .await;
-    let fired = hook.of("member_gone", Some(&victim))[0].clone();
+    let seen = hook.of("member_gone", Some(&victim)).len();
+    c.kill_host(&victim);
+    wait_for("member_gone firing at the webhook", ALERT_WAIT, || {
+        (hook.of("member_gone", Some(&victim)).len() > seen).then_some(())
+    })
+    .await;
+    let fired = hook.of("member_gone", Some(&victim))[seen].clone();
     assert_eq!(fired["state"], "firing");
     assert_eq!(fired["cluster"], "e2e");
     assert_eq!(fired["severity"], "warning");
@@ -322,7 +326,7 @@ receivers = ["hook"]
     c.stop("s1", Signal::SIGKILL);
     c.start_keeper(&victim);
     wait_for("member_gone resolved at the webhook", ALERT_WAIT, || {
-        (hook.states("member_gone", Some(&victim)).len() >= 2).then_some(())
+        (hook.states("member_gone", Some(&victim)).len() >= seen + 2).then_some(())
     })
     .await;
     assert!(c.log("s2").contains("elected leader"), "s2 took over");
@@ -353,16 +357,21 @@ receivers = ["hook"]
         .batch_execute("CREATE TABLE load (v text)")
         .await
         .unwrap();
-    // About 0.5MB a second in many small transactions, each replayed 2s
+    // About 250kB a second in many small transactions, each replayed 2s
     // late (the delay holds replay at every commit record): the lag swings
-    // between about one and two bursts, around 600kB, and never drains.
+    // between about one and two bursts, around 300kB, and never drains.
+    // Kept light: the machine is shared, and a stalled etcd fences the
+    // primary.
     client
         .batch_execute("SET synchronous_commit = off")
         .await
         .unwrap();
-    let burst = "BEGIN; INSERT INTO load VALUES (repeat('x', 1000)); COMMIT; ".repeat(400);
-    for _ in 0..25 {
-        client.batch_execute(&burst).await.unwrap();
+    let burst = "BEGIN; INSERT INTO load VALUES (repeat('x', 1000)); COMMIT; ".repeat(200);
+    for _ in 0..20 {
+        client
+            .batch_execute(&burst)
+            .await
+            .expect("the load runs on the primary");
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     // The standby that was not restarted (its positions are the steadier).
@@ -381,15 +390,16 @@ receivers = ["hook"]
     .await;
 
     // A failover: one event with the old and the new primary.
+    let failovers = hook.of("failover", None).len();
     c.kill_host(&primary);
     wait_for("a failover event", CONVERGE, || {
-        (!hook.of("failover", None).is_empty()).then_some(())
+        (hook.of("failover", None).len() > failovers).then_some(())
     })
     .await;
     let s = c.wait_converged(1, CONVERGE).await;
     let new_primary = s["primary"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let events = hook.of("failover", None);
+    let events = hook.of("failover", None)[failovers..].to_vec();
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["old_primary"], primary.as_str());
     assert_eq!(events[0]["new_primary"], new_primary.as_str());
@@ -419,8 +429,8 @@ receivers = ["hook"]
         "a notification was delivered twice: {ids:?}"
     );
     assert_eq!(
-        hook.states("member_gone", Some(&victim)),
-        vec!["firing", "resolved"]
+        hook.states("member_gone", Some(&victim))[seen..],
+        ["firing", "resolved"]
     );
 }
 
@@ -463,6 +473,7 @@ async fn promtool_accepts_the_rules_and_mistakes_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("promtool check rules: {}", said.trim());
     assert!(said.contains("SUCCESS"), "{said}");
     assert!(rules.contains("- alert: standby_lag"), "{rules}");
     assert!(rules.contains("- alert: member_gone"), "{rules}");
