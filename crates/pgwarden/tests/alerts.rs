@@ -412,6 +412,31 @@ receivers = ["hook"]
         events[0]
     );
 
+    // A switchover is one event too, named as such.
+    let to = standbys
+        .iter()
+        .find(|u| **u != new_primary)
+        .unwrap()
+        .as_str();
+    c.wait_converged(1, CONVERGE).await;
+    c.ctl_ok(&["switchover", "--to", to, "--yes"]);
+    wait_for("a switchover event", CONVERGE, || {
+        (hook.of("failover", None).len() > failovers + 1).then_some(())
+    })
+    .await;
+    let events = hook.of("failover", None)[failovers..].to_vec();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[1]["old_primary"], new_primary.as_str());
+    assert_eq!(events[1]["new_primary"], to);
+    assert!(
+        events[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("switchover: "),
+        "{}",
+        events[1]
+    );
+
     // No notification reached the webhook twice.
     let ids: Vec<u64> = hook
         .got
