@@ -7,6 +7,8 @@
 #              protoc and protobuf's well-known types)
 #   run/test   postgresql-15 (pgbench is part of it), etcd-server + etcd-client,
 #              iproute2 + iptables (network namespaces of the fault tests), procps
+#   alerts     prometheus (promtool checks the generated rules file),
+#              prometheus-alertmanager (a real Alertmanager receives alerts)
 #   benchmarks haproxy (measured side by side with the proxy)
 #   ui test    chromium + chromium-driver (the dashboard's end-to-end test drives
 #              a headless browser through WebDriver)
@@ -25,6 +27,7 @@ packages=(
   postgresql-15 postgresql-client-15 etcd-server etcd-client iproute2 iptables procps
   haproxy
   chromium chromium-driver
+  prometheus prometheus-alertmanager
   systemd debootstrap
 )
 missing=()

@@ -14,6 +14,10 @@ pub const KEEPERS_PREFIX: &str = "keepers/";
 /// Prefix of proxy acknowledgements.
 pub const PROXIES_PREFIX: &str = "proxies/";
 
+/// The alerts' state and outbox, written by the leader sentinel (and by its
+/// delivery task, to mark notifications delivered).
+pub const ALERTS: &str = "alerts";
+
 /// Prefix of the last node request (restart, reinit) each keeper carried
 /// out: kept without a lease, so that a restarted keeper never repeats one.
 pub const HANDLED_PREFIX: &str = "handled/";

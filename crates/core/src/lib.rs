@@ -5,6 +5,7 @@
 //! validation. The crate has no async runtime, store client or postgres client
 //! among its dependencies, so the compiler keeps it that way.
 
+pub mod alerts;
 pub mod decide;
 pub mod duration;
 pub mod keeper;

@@ -93,6 +93,21 @@ pub struct KeeperReport {
     /// given the same uid, or an earlier run whose lease has not expired).
     #[serde(default)]
     pub instance: String,
+    /// Free bytes on the file system of the data directory (for the
+    /// `data_disk_free` alert); `None` when it cannot be read.
+    #[serde(default)]
+    pub data_disk_free_bytes: Option<u64>,
+    /// Size of that file system, in bytes.
+    #[serde(default)]
+    pub data_disk_size_bytes: Option<u64>,
+    /// On a primary: round trip of its last primary lease renewal, in
+    /// microseconds (for the `lease_renewal_slow` alert).
+    #[serde(default)]
+    pub lease_renewal_us: Option<u64>,
+    /// The most WAL any replication slot on this node holds back, in bytes
+    /// (for the `slot_wal_retained` alert).
+    #[serde(default)]
+    pub slot_retained_wal_bytes: Option<u64>,
 }
 
 /// How bad a keeper's error is, for the decisions about it.
@@ -149,6 +164,10 @@ impl KeeperReport {
             error: None,
             error_kind: ErrorKind::Transient,
             instance: String::new(),
+            data_disk_free_bytes: None,
+            data_disk_size_bytes: None,
+            lease_renewal_us: None,
+            slot_retained_wal_bytes: None,
         }
     }
 

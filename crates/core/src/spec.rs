@@ -120,6 +120,10 @@ pub struct Spec {
     /// Per-node requests (restart, re-clone) by keeper uid; each keeper
     /// carries out each id once and reports it done.
     pub node_requests: BTreeMap<String, NodeRequest>,
+    /// Where alert notifications go (docs/alerts.md).
+    pub alert_receivers: Vec<crate::alerts::AlertReceiver>,
+    /// Threshold alerts, and overrides of the built-in ones (docs/alerts.md).
+    pub alerts: Vec<crate::alerts::AlertRule>,
 }
 
 /// What an operator asked one keeper to do.
@@ -187,6 +191,8 @@ impl Default for Spec {
             pg_hba_allow_trust: false,
             request: None,
             node_requests: BTreeMap::new(),
+            alert_receivers: Vec::new(),
+            alerts: Vec::new(),
         }
     }
 }
@@ -275,6 +281,14 @@ pub enum SpecError {
     BadHba {
         /// The line.
         line: String,
+        /// What is wrong with it, and the fix.
+        why: String,
+    },
+    /// An alert or alert receiver that cannot be used.
+    #[error("spec field {field}: {why}")]
+    Alert {
+        /// The field, such as `alerts.standby_lag.clear_below`.
+        field: String,
         /// What is wrong with it, and the fix.
         why: String,
     },
@@ -406,6 +420,7 @@ impl Spec {
                 why,
             })?;
         }
+        crate::alerts::definitions(self)?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use pgwarden_store::{CasOutcome, Store, StoreOptions};
 use crate::view::{self, Snapshot};
 use crate::StoreArgs;
 
+mod alerts;
 mod node_ops;
 mod role_change;
 
@@ -116,6 +117,21 @@ pub enum CtlCommand {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// What alerts fire and the recent transitions (docs/alerts.md).
+    Alerts {
+        /// Print JSON (the notification fields) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<AlertsCommand>,
+    },
+}
+
+/// `ctl alerts` commands.
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Print a Prometheus rules file equivalent to the configured alerts.
+    PrometheusRules,
 }
 
 /// `ctl spec` commands.
@@ -181,11 +197,20 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     ))?
                 )?,
                 Output::Table => {
-                    write!(out, "{}", crate::read_model::table(store.cluster(), &snap))?
+                    write!(out, "{}", crate::read_model::table(store.cluster(), &snap))?;
+                    write!(out, "{}", alerts::status_line(&store).await)?;
                 }
             }
             Ok(())
         }
+        CtlCommand::Alerts {
+            command: Some(AlertsCommand::PrometheusRules),
+            ..
+        } => alerts::prometheus_rules(&store).await,
+        CtlCommand::Alerts {
+            json,
+            command: None,
+        } => alerts::show(&store, json).await,
         CtlCommand::Spec {
             command: SpecCommand::Show,
         } => {
@@ -517,6 +542,12 @@ fn set_field(spec: &mut Spec, assignment: &str) -> anyhow::Result<()> {
     let mut doc: toml::Table = toml::from_str(&spec.to_toml()).context("render the spec")?;
     let value = parse_value(value);
     match key.split_once('.') {
+        Some((list @ ("alerts" | "alert_receivers"), rest)) => {
+            let (name, field) = rest.split_once('.').ok_or_else(|| {
+                anyhow!("{key:?} names no field: write {list}.NAME.FIELD=VALUE, e.g. alerts.member_gone.for=1m")
+            })?;
+            set_named(&mut doc, list, name, field, value)?;
+        }
         Some((table, sub)) => {
             let entry = doc
                 .entry(table.to_string())
@@ -536,6 +567,55 @@ fn set_field(spec: &mut Spec, assignment: &str) -> anyhow::Result<()> {
         }
     }
     *spec = Spec::from_toml(&toml::to_string(&doc)?)?;
+    Ok(())
+}
+
+/// Sets `field` of the entry called `name` in the array of tables `list`
+/// (`[[alerts]]`, `[[alert_receivers]]`), adding the entry if there is none:
+/// `alerts.member_gone.enabled=false` overrides a built-in in place.
+fn set_named(
+    doc: &mut toml::Table,
+    list: &str,
+    name: &str,
+    field: &str,
+    value: toml::Value,
+) -> anyhow::Result<()> {
+    let entry = doc
+        .entry(list.to_string())
+        .or_insert_with(|| toml::Value::Array(Vec::new()));
+    let toml::Value::Array(items) = entry else {
+        bail!("spec field {list} is not a list")
+    };
+    let found = items
+        .iter()
+        .position(|t| t.get("name").and_then(|n| n.as_str()) == Some(name));
+    let index = match found {
+        Some(i) => i,
+        None => {
+            let mut t = toml::Table::new();
+            t.insert("name".into(), toml::Value::String(name.to_string()));
+            items.push(toml::Value::Table(t));
+            items.len() - 1
+        }
+    };
+    let toml::Value::Table(t) = &mut items[index] else {
+        bail!("spec field {list} holds something that is not a table")
+    };
+    let value = match (field, value) {
+        // A list of receiver names, comma-separated.
+        ("receivers", toml::Value::String(s)) => toml::Value::Array(
+            s.split(',')
+                .map(|r| toml::Value::String(r.trim().to_string()))
+                .filter(|r| r.as_str() != Some(""))
+                .collect(),
+        ),
+        (_, toml::Value::String(s)) => match s.parse::<f64>() {
+            Ok(f) if f.is_finite() => toml::Value::Float(f),
+            _ => toml::Value::String(s),
+        },
+        (_, v) => v,
+    };
+    t.insert(field.to_string(), value);
     Ok(())
 }
 
@@ -563,6 +643,47 @@ mod tests {
         assert_eq!(generation_after(5, []), Some(6));
         assert_eq!(generation_after(u64::MAX, []), None);
         assert_eq!(generation_after(0, [u64::MAX]), None);
+    }
+
+    #[test]
+    fn set_field_edits_alerts_in_place() {
+        let mut spec = Spec::default();
+        set_field(
+            &mut spec,
+            "alert_receivers.ops.webhook=http://10.0.0.9:9099/hook",
+        )
+        .unwrap();
+        set_field(&mut spec, "alerts.member_gone.for=1m").unwrap();
+        set_field(&mut spec, "alerts.member_gone.receivers=ops").unwrap();
+        set_field(&mut spec, "alerts.lag.metric=replication_lag_bytes").unwrap_err();
+        set_field(&mut spec, "alerts.data_disk_free.below=5.5").unwrap();
+        set_field(&mut spec, "alerts.data_disk_free.clear_above=8").unwrap();
+        let gone = spec
+            .alerts
+            .iter()
+            .find(|a| a.name == "member_gone")
+            .unwrap();
+        assert_eq!(gone.for_.map(|d| d.as_millis()), Some(60_000));
+        assert_eq!(gone.receivers, Some(vec!["ops".to_string()]));
+        let disk = spec
+            .alerts
+            .iter()
+            .find(|a| a.name == "data_disk_free")
+            .unwrap();
+        assert_eq!(disk.below.map(|t| t.0), Some(5.5));
+        assert_eq!(
+            spec.alert_receivers[0].webhook.as_deref(),
+            Some("http://10.0.0.9:9099/hook")
+        );
+        // A mistake names the field; the spec is unchanged.
+        let before = spec.clone();
+        let err = set_field(&mut spec, "alerts.member_gone.receivers=nobody").unwrap_err();
+        assert!(
+            err.to_string().contains("alerts.member_gone.receivers"),
+            "{err}"
+        );
+        assert_eq!(spec, before);
+        assert!(set_field(&mut spec, "alerts.member_gone=1").is_err());
     }
 
     #[test]

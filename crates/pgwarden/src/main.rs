@@ -5,6 +5,7 @@
 //! cancellation token (SIGINT and SIGTERM cancel it), and hands over to the
 //! role. Roles are thin loops over the pure decisions in pgwarden-core.
 
+mod alerts;
 mod api;
 mod clock;
 mod config_file;

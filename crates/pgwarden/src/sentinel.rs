@@ -137,11 +137,23 @@ async fn lead(
         key: keys::SENTINEL_LEADER.to_string(),
         revision: election_revision,
     }];
+    // Alert delivery and the etcd member probe run beside the rounds, for
+    // this term of leadership only.
+    let term = cancel.child_token();
+    let _stop_term = term.clone().drop_guard();
+    let alerts = Alerts::default();
+    tokio::spawn(alerts.probe.clone().run(store.clone(), term.clone()));
+    tokio::spawn(crate::alerts::deliver::run(
+        store.clone(),
+        guard.to_vec(),
+        alerts.wake.clone(),
+        term.clone(),
+    ));
     loop {
         if lease_state.borrow().id != Some(lease_id) {
             return;
         }
-        match round(store, &guard, last_good).await {
+        match round(store, &guard, last_good, &alerts).await {
             Ok(RoundOutcome::Deposed) => return,
             Ok(RoundOutcome::Done) => {}
             Err(e) => tracing::warn!(error = format!("{e:#}"), "decision round failed; retrying"),
@@ -158,6 +170,13 @@ async fn lead(
     }
 }
 
+/// The leader's alert machinery shared by its rounds.
+#[derive(Debug, Default)]
+struct Alerts {
+    probe: crate::alerts::StoreProbe,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
 enum RoundOutcome {
     Done,
     Deposed,
@@ -167,6 +186,7 @@ async fn round(
     store: &Store,
     guard: &[Guard],
     last_good: &mut view::LastGood,
+    alerts: &Alerts,
 ) -> anyhow::Result<RoundOutcome> {
     let mut snap = view::load(store).await.context("read the cluster")?;
     // A spec or status that cannot be used: decide from the last good copy
@@ -182,6 +202,26 @@ async fn round(
         tracing::debug!("cluster not initialised yet: run `pgwarden ctl init`");
         return Ok(RoundOutcome::Done);
     };
+    // Alerts are evaluated on what this round read; their failure never
+    // holds up a decision.
+    match crate::alerts::evaluate_round(
+        store,
+        guard,
+        &spec,
+        &snap.status,
+        &snap.keepers,
+        &alerts.probe,
+        crate::clock::now_ms(),
+    )
+    .await
+    {
+        Ok(true) => alerts.wake.notify_waiters(),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "alert evaluation failed; retrying next round"
+        ),
+    }
     let view = ClusterView {
         now_ms: crate::clock::now_ms(),
         spec,

@@ -338,6 +338,25 @@ impl Pool {
             .unwrap_or_default()
     }
 
+    /// How many endpoints in use do not answer a status request within
+    /// `timeout` (a member down or cut off, while the others keep quorum).
+    pub(crate) async fn unreachable_count(&self, timeout: Duration) -> usize {
+        let slots = self.snapshot();
+        let probes: FuturesUnordered<_> = slots
+            .iter()
+            .map(|slot| async move {
+                let ask = async {
+                    let mut client = self.probe(slot).await?;
+                    client.status().await?;
+                    Ok::<_, etcd_client::Error>(())
+                };
+                matches!(tokio::time::timeout(timeout, ask).await, Ok(Ok(())))
+            })
+            .collect();
+        let answers: Vec<bool> = probes.collect().await;
+        answers.into_iter().filter(|ok| !ok).count()
+    }
+
     /// Re-reads etcd's member list and uses every member's client URL from
     /// now on, besides the endpoints given: members added to the cluster are
     /// used, members removed from it are dropped (the given ones stay).

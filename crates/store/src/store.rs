@@ -393,6 +393,12 @@ impl Store {
         self.pool().leader_urls(timeout).await
     }
 
+    /// How many etcd members (of the endpoints in use) do not answer a
+    /// status request within `timeout`; for the `store_unreachable` alert.
+    pub async fn unreachable_members(&self, timeout: Duration) -> usize {
+        self.pool().unreachable_count(timeout).await
+    }
+
     /// The endpoints in use now: the ones given, then the client URLs of
     /// members discovered in etcd's member list since.
     pub fn endpoints_in_use(&self) -> Vec<String> {

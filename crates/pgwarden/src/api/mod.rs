@@ -15,6 +15,7 @@
 //! The server loop ([`crate::http`]) and the Prometheus writer
 //! ([`crate::exposition`]) are shared with the proxy's metrics endpoint.
 
+mod alerts;
 mod decisions;
 mod health;
 mod metrics;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::health::{self, Check, Inputs, PrimaryPosition};
-use super::{load, metrics, ui, ApiContext};
+use super::{alerts, load, metrics, ui, ApiContext};
 use crate::exposition::CONTENT_TYPE as PROMETHEUS;
 use crate::http::Body;
 
@@ -28,7 +28,7 @@ const SAFE_METHODS: &str = "GET, HEAD, OPTIONS";
 pub async fn handle(ctx: &ApiContext, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let known = matches!(path.as_str(), "/cluster" | "/metrics")
+    let known = matches!(path.as_str(), "/cluster" | "/metrics" | "/alerts")
         || ui::is_route(&path)
         || Check::from_path(&path).is_some();
     let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -38,6 +38,7 @@ pub async fn handle(ctx: &ApiContext, req: Request<Incoming>) -> Response<Body> 
         match path.as_str() {
             "/cluster" => cluster(ctx).await,
             "/metrics" => metrics_text(ctx).await,
+            "/alerts" => alerts_json(ctx).await,
             p if ui::is_route(p) => ui::handle(ctx, p, req.uri().query()).await,
             p => match Check::from_path(p) {
                 Some(check) => check_health(ctx, check, req.uri().query()).await,
@@ -122,8 +123,26 @@ async fn metrics_text(ctx: &ApiContext) -> Response<Body> {
         ctx.decisions.observe(&s.status);
     }
     let decisions = ctx.decisions.counts();
-    let text = metrics::render(&ctx.cluster, &ctx.uid, &inputs, &decisions, snap.as_deref());
+    let mut text = metrics::render(&ctx.cluster, &ctx.uid, &inputs, &decisions, snap.as_deref());
+    let alert_state = alerts::load(&ctx.store).await.ok();
+    let disk = published.as_ref().and_then(|p| {
+        let r = &p.state.report;
+        r.data_disk_free_bytes.zip(r.data_disk_size_bytes)
+    });
+    text.push_str(&alerts::metrics(
+        &ctx.cluster,
+        &ctx.uid,
+        disk,
+        alert_state.as_ref(),
+    ));
     respond(StatusCode::OK, PROMETHEUS, text.into_bytes())
+}
+
+async fn alerts_json(ctx: &ApiContext) -> Response<Body> {
+    match alerts::load(&ctx.store).await {
+        Ok(state) => json(StatusCode::OK, &crate::alerts::view(&ctx.cluster, &state)),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }
 
 /// No endpoint changes state yet: without valid credentials 401 (so that a

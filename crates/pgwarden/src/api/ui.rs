@@ -17,7 +17,6 @@
 //! can never run.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY};
 use hyper::{Response, StatusCode};
@@ -110,7 +109,7 @@ async fn data(ctx: &ApiContext, since: Option<u64>) -> Response<Body> {
         .collect();
     let body = UiData {
         served_by: ctx.uid.clone(),
-        now_ms: now_ms(),
+        now_ms: crate::clock::now_ms(),
         status,
         store_error,
         upstreams,
@@ -163,16 +162,10 @@ pub async fn sample_lag(ctx: &ApiContext, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         if let Some(snap) = ctx.snapshots.get().await {
-            let s = sample(&ctx.cluster, &snap, now_ms());
+            let s = sample(&ctx.cluster, &snap, crate::clock::now_ms());
             ctx.lag.lock().unwrap_or_else(|e| e.into_inner()).push(s);
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn millis(d: std::time::Duration) -> u64 {

@@ -666,6 +666,19 @@ impl Node {
             r.pg_version = Some(s.server_version_num);
             r.system_id = Some(s.system_identifier);
         }
+        // Facts for the sentinel's alerts (docs/alerts.md).
+        if let Some((free, size)) = disk_space(&self.cfg.data_dir) {
+            r.data_disk_free_bytes = Some(free);
+            r.data_disk_size_bytes = Some(size);
+        }
+        if self.primary_lease.is_some() {
+            r.lease_renewal_us = self
+                .lease_renewals
+                .summary()
+                .last
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        }
+        r.slot_retained_wal_bytes = self.slot_retained.values().max().copied();
         r
     }
 
@@ -680,6 +693,22 @@ impl Node {
             lease.release().await;
         }
     }
+}
+
+/// Free and total bytes of the file system holding `data_dir` (or, before
+/// initdb created it, its parent), for the `data_disk_free` alert.
+fn disk_space(data_dir: &std::path::Path) -> Option<(u64, u64)> {
+    let dir = if data_dir.exists() {
+        data_dir
+    } else {
+        data_dir.parent()?
+    };
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((
+        (st.blocks_available() as u64).saturating_mul(frag),
+        (st.blocks() as u64).saturating_mul(frag),
+    ))
 }
 
 /// Whether an error disqualifies the node: the rule is core's
