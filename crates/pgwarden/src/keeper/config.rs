@@ -78,6 +78,11 @@ pub struct KeeperArgs {
 struct FileConfig {
     cluster_name: Option<String>,
     store_endpoints: Option<Vec<String>>,
+    store_ca_file: Option<PathBuf>,
+    store_cert_file: Option<PathBuf>,
+    store_key_file: Option<PathBuf>,
+    store_user: Option<String>,
+    store_password_file: Option<PathBuf>,
     uid: Option<String>,
     data_dir: Option<PathBuf>,
     pg_listen_address: Option<String>,
@@ -184,14 +189,15 @@ impl KeeperArgs {
             }
             None => FileConfig::default(),
         };
-        let store = StoreArgs {
-            cluster_name: self.store.cluster_name.or(file.cluster_name),
-            store_endpoints: if self.store.store_endpoints.is_empty() {
-                file.store_endpoints.unwrap_or_default()
-            } else {
-                self.store.store_endpoints
-            },
-        };
+        let store = self.store.or(StoreArgs {
+            cluster_name: file.cluster_name,
+            store_endpoints: file.store_endpoints.unwrap_or_default(),
+            store_ca_file: file.store_ca_file,
+            store_cert_file: file.store_cert_file,
+            store_key_file: file.store_key_file,
+            store_user: file.store_user,
+            store_password_file: file.store_password_file,
+        });
         let uid = self
             .uid
             .or(file.uid)

@@ -35,7 +35,7 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
             "pgwarden keeper must not run as root: postgres refuses to; run it as the unprivileged user that owns the data directory (e.g. `runuser -u postgres -- pgwarden keeper ...`)"
         );
     }
-    let store = crate::ctl::open_store(&cfg.store)?;
+    let store = cfg.store.open().await?;
     let bins = PgBins::locate(cfg.pg_bin_dir.as_deref())?;
     preflight(&cfg).await?;
     let api_listener = crate::api::bind(cfg.api_listen).await?;

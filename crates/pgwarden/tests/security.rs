@@ -1,0 +1,149 @@
+//! TLS and authentication on the store link, end to end: a real 3-member
+//! etcd with TLS, `--client-cert-auth`, `--trusted-ca-file` and auth on,
+//! users and roles made by scripts/etcd-roles.sh (docs/security.md), and
+//! every role under its own minimal etcd user.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use common::secure::Pki;
+use common::{stderr, TestCluster};
+use pgwarden_store::{SecurityProblem, Store, StoreError, StoreOptions, TlsFiles};
+
+/// A store client authenticated by one of the test's certificates.
+fn store_as(c: &TestCluster, file: &str) -> Store {
+    let secure = c.secure.as_ref().unwrap();
+    let dir = &secure.pki.dir;
+    let endpoints: Vec<String> = c.etcd.endpoint().split(',').map(str::to_owned).collect();
+    let options = StoreOptions {
+        tls: Some(TlsFiles {
+            ca_file: secure.pki.ca.clone(),
+            cert_file: Some(dir.join(format!("{file}.pem"))),
+            key_file: Some(dir.join(format!("{file}-key.pem"))),
+        }),
+        ..StoreOptions::default()
+    };
+    Store::new(&endpoints, &c.name, options).unwrap()
+}
+
+/// The one line a failed command printed.
+fn one_line(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    let text = stderr(out);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {text}");
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "nothing but the error: {text}"
+    );
+    lines[0].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_role_is_confined_to_its_keys_and_mistakes_are_named() {
+    let c = TestCluster::secured().await;
+    c.ctl_ok(&["init"]);
+    let secure = c.secure.as_ref().unwrap();
+
+    // The operator reads what it wrote, over TLS with its certificate.
+    let status = c.ctl_ok(&["status", "--output", "json"]);
+    assert!(status.contains("\"cluster\": \"e2e\""), "{status}");
+
+    // A proxy may write its own acknowledgement and nothing else.
+    let proxy = store_as(&c, "proxy1");
+    proxy
+        .put("proxies/proxy1", b"0".to_vec(), None)
+        .await
+        .unwrap();
+    for key in ["status", "spec", "primary", "keepers/k1", "proxies/other"] {
+        match proxy.put(key, b"{}".to_vec(), None).await {
+            Err(StoreError::Security {
+                problem: SecurityProblem::PermissionDenied { key: Some(k), .. },
+                ..
+            }) => assert_eq!(k, format!("/pgwarden/e2e/{key}")),
+            other => panic!("proxy wrote {key}: {other:?}"),
+        }
+    }
+    // A keeper writes its own report and the primary key, not another's
+    // report or the status.
+    let keeper = store_as(&c, "k1");
+    keeper
+        .put("keepers/k1", b"{}".to_vec(), None)
+        .await
+        .unwrap();
+    keeper.delete("keepers/k1").await.unwrap();
+    assert!(keeper
+        .put("keepers/k2", b"{}".to_vec(), None)
+        .await
+        .is_err());
+    assert!(keeper.put("status", b"{}".to_vec(), None).await.is_err());
+    // The ctl command under another role's certificate is refused in one line.
+    let mut cmd = c.command();
+    cmd.envs(secure.cert_env("proxy1"))
+        .args(["ctl", "spec", "set", "sync_mode=strict"]);
+    let line = one_line(&cmd.output().unwrap());
+    assert!(line.contains("permission denied"), "{line}");
+    assert!(line.contains("/pgwarden/e2e/spec"), "{line}");
+
+    // A plaintext client cannot even talk to etcd.
+    let plain: Vec<String> = c
+        .etcd
+        .endpoint()
+        .split(',')
+        .map(|e| e.replace("https://", "http://"))
+        .collect();
+    let plain = Store::new(&plain, &c.name, StoreOptions::default()).unwrap();
+    assert!(plain.put("status", b"{}".to_vec(), None).await.is_err());
+
+    // A keeper given the wrong CA exits at once with one line naming the file
+    // and the cause.
+    let other_ca = Pki::new(&c.path().join("other-pki"), "other-ca");
+    std::os::unix::fs::chown(&other_ca.ca, Some(c.run_as.0), Some(c.run_as.1)).unwrap();
+    let mut c = c;
+    c.add_keeper("k1");
+    let mut cmd = c.keeper_command("k1");
+    cmd.env("PGWARDEN_STORE_CA_FILE", &other_ca.ca)
+        .uid(c.run_as.0)
+        .gid(c.run_as.1);
+    let started = Instant::now();
+    let line = one_line(&cmd.output().unwrap());
+    assert!(line.contains("unknown CA"), "{line}");
+    assert!(line.contains(other_ca.ca.to_str().unwrap()), "{line}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // A wrong password: one line naming the user and the password file.
+    let wrong = c.secret_file("wrong-password", "not-the-password");
+    let mut cmd = c.keeper_command("k1");
+    cmd.env("PGWARDEN_STORE_USER", "pgwarden-e2e-sentinel")
+        .env("PGWARDEN_STORE_PASSWORD_FILE", &wrong)
+        .uid(c.run_as.0)
+        .gid(c.run_as.1);
+    let line = one_line(&cmd.output().unwrap());
+    assert!(line.contains("authentication failed"), "{line}");
+    assert!(line.contains(wrong.to_str().unwrap()), "{line}");
+
+    // A client certificate from another CA is refused by etcd.
+    other_ca.issue("intruder", "pgwarden-e2e-admin");
+    let mut cmd = c.command();
+    cmd.env("PGWARDEN_STORE_CA_FILE", &secure_ca(&c))
+        .env(
+            "PGWARDEN_STORE_CERT_FILE",
+            other_ca.dir.join("intruder.pem"),
+        )
+        .env(
+            "PGWARDEN_STORE_KEY_FILE",
+            other_ca.dir.join("intruder-key.pem"),
+        )
+        .args(["ctl", "status"]);
+    let line = one_line(&cmd.output().unwrap());
+    assert!(line.contains("refused the client certificate"), "{line}");
+}
+
+fn secure_ca(c: &TestCluster) -> std::path::PathBuf {
+    c.secure.as_ref().unwrap().pki.ca.clone()
+}
