@@ -64,6 +64,19 @@ pub struct KeeperArgs {
     /// present (basic auth); without it such requests are always refused.
     #[arg(long)]
     pub api_password_file: Option<PathBuf>,
+    /// PEM certificate for the HTTP API: serve HTTPS (with --api-key-file).
+    #[arg(long, value_name = "FILE")]
+    pub api_cert_file: Option<PathBuf>,
+    /// PEM private key of --api-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// PEM CA: the HTTPS API then requires client certificates it signed.
+    #[arg(long, value_name = "FILE")]
+    pub api_client_ca_file: Option<PathBuf>,
+    /// Put every API endpoint but the health checks (/cluster, /metrics, ...)
+    /// behind the --api-password-file password.
+    #[arg(long)]
+    pub api_auth_reads: bool,
     /// Also run a sentinel candidate inside this keeper.
     #[arg(long)]
     pub sentinel: bool,
@@ -95,6 +108,10 @@ struct FileConfig {
     pg_bin_dir: Option<PathBuf>,
     api_listen: Option<String>,
     api_password_file: Option<PathBuf>,
+    api_cert_file: Option<PathBuf>,
+    api_key_file: Option<PathBuf>,
+    api_client_ca_file: Option<PathBuf>,
+    api_auth_reads: Option<bool>,
     sentinel: Option<bool>,
     nofailover: Option<bool>,
 }
@@ -117,6 +134,12 @@ pub struct KeeperConfig {
     pub api_listen: SocketAddr,
     /// Password for state-changing HTTP API requests, when configured.
     pub api_password: Option<String>,
+    /// HTTPS certificate and key of the API.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// CA of the API's client certificates.
+    pub api_client_ca_file: Option<PathBuf>,
+    /// `--api-auth-reads`.
+    pub api_auth_reads: bool,
     pub sentinel: bool,
     pub nofailover: bool,
 }
@@ -166,6 +189,12 @@ pub enum ConfigError {
     PasswordFileMode { path: PathBuf, mode: u32 },
     #[error("password file {path} is empty: put the password on its first line")]
     PasswordFileEmpty { path: PathBuf },
+    #[error("--api-cert-file and --api-key-file go together: give both or neither")]
+    ApiHalfTls,
+    #[error("--api-client-ca-file needs HTTPS: pass --api-cert-file and --api-key-file too")]
+    ApiClientCaWithoutTls,
+    #[error("--api-auth-reads needs --api-password-file: the password the reads must present")]
+    ApiAuthReadsWithoutPassword,
 }
 
 impl KeeperArgs {
@@ -262,6 +291,22 @@ impl KeeperArgs {
             .or(file.api_password_file)
             .map(|path| read_password_file(&path))
             .transpose()?;
+        let api_tls = match (
+            self.api_cert_file.or(file.api_cert_file),
+            self.api_key_file.or(file.api_key_file),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(ConfigError::ApiHalfTls),
+        };
+        let api_client_ca_file = self.api_client_ca_file.or(file.api_client_ca_file);
+        if api_client_ca_file.is_some() && api_tls.is_none() {
+            return Err(ConfigError::ApiClientCaWithoutTls);
+        }
+        let api_auth_reads = self.api_auth_reads || file.api_auth_reads.unwrap_or(false);
+        if api_auth_reads && api_password.is_none() {
+            return Err(ConfigError::ApiAuthReadsWithoutPassword);
+        }
         Ok(KeeperConfig {
             store,
             uid,
@@ -280,6 +325,9 @@ impl KeeperArgs {
             pg_bin_dir: self.pg_bin_dir.or(file.pg_bin_dir),
             api_listen,
             api_password,
+            api_tls,
+            api_client_ca_file,
+            api_auth_reads,
             sentinel: self.sentinel || file.sentinel.unwrap_or(false),
             nofailover: self.nofailover || file.nofailover.unwrap_or(false),
         })

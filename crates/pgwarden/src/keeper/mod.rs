@@ -38,6 +38,17 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
     let store = cfg.store.open().await?;
     let bins = PgBins::locate(cfg.pg_bin_dir.as_deref())?;
     preflight(&cfg).await?;
+    let api_security = crate::api::ApiSecurity {
+        tls: match &cfg.api_tls {
+            Some((cert, key)) => Some(crate::api::tls::acceptor(
+                cert,
+                key,
+                cfg.api_client_ca_file.as_deref(),
+            )?),
+            None => None,
+        },
+        auth_reads: cfg.api_auth_reads,
+    };
     let api_listener = crate::api::bind(cfg.api_listen).await?;
     let span = tracing::info_span!("keeper", cluster = store.cluster(), uid = cfg.uid.as_str());
     let tracker = tokio_util::task::TaskTracker::new();
@@ -50,6 +61,7 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
             store.clone(),
             cfg.uid.clone(),
             cfg.api_password.clone(),
+            api_security,
             local_rx,
             cancel.child_token(),
         )
