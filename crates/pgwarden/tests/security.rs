@@ -130,7 +130,7 @@ async fn each_role_is_confined_to_its_keys_and_mistakes_are_named() {
     // A client certificate from another CA is refused by etcd.
     other_ca.issue("intruder", "pgwarden-e2e-admin");
     let mut cmd = c.command();
-    cmd.env("PGWARDEN_STORE_CA_FILE", &secure_ca(&c))
+    cmd.env("PGWARDEN_STORE_CA_FILE", secure_ca(&c))
         .env(
             "PGWARDEN_STORE_CERT_FILE",
             other_ca.dir.join("intruder.pem"),

@@ -145,8 +145,8 @@ pub struct EtcdServer {
     /// etcd's defaults (100, 1000), which members of a cluster run at unless
     /// asked otherwise. A lone member elects itself fast (50, 500).
     timing: Option<(u32, u32)>,
-    /// TLS on the client port.
-    tls: Option<ServerTls>,
+    /// TLS on the client port (boxed: most servers have none).
+    tls: Option<Box<ServerTls>>,
     child: Option<Child>,
     /// Pid of the last process started, kept after it exits.
     pid: u32,
@@ -381,7 +381,7 @@ impl EtcdServer {
         let endpoint = self.endpoint();
         let peer_url = self.peer_url();
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let options = probe_options(self.tls.as_ref());
+        let options = probe_options(self.tls.as_deref());
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -527,7 +527,7 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 initial_cluster: initial_cluster.clone(),
                 timing,
-                tls: tls.cloned(),
+                tls: tls.cloned().map(Box::new),
                 child: None,
                 pid: 0,
             });
@@ -571,7 +571,7 @@ impl EtcdCluster {
         for member in self.members.iter().filter(|m| m.is_running()) {
             let endpoint = member.endpoint();
             let ask = async {
-                let options = probe_options(member.tls.as_ref());
+                let options = probe_options(member.tls.as_deref());
                 let mut client =
                     etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?;
                 let status = client.status().await?;
