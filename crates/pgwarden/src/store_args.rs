@@ -183,3 +183,68 @@ async fn check_access(store: &Store) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> StoreArgs {
+        StoreArgs {
+            cluster_name: Some("c".into()),
+            store_endpoints: vec!["https://etcd:2379".into()],
+            ..StoreArgs::default()
+        }
+    }
+
+    fn error(args: StoreArgs) -> String {
+        args.options().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn half_given_settings_are_refused_with_the_missing_flag() {
+        let cert_only = StoreArgs {
+            store_cert_file: Some("/c.pem".into()),
+            store_key_file: Some("/k.pem".into()),
+            ..args()
+        };
+        assert!(error(cert_only).contains("need --store-ca-file"));
+        let no_key = StoreArgs {
+            store_ca_file: Some("/ca.pem".into()),
+            store_cert_file: Some("/c.pem".into()),
+            ..args()
+        };
+        assert!(error(no_key).contains("go together"));
+        let no_password = StoreArgs {
+            store_user: Some("u".into()),
+            ..args()
+        };
+        assert!(error(no_password).contains("--store-password-file"));
+        let no_user = StoreArgs {
+            store_password_file: Some("/p".into()),
+            ..args()
+        };
+        assert!(error(no_user).contains("needs --store-user"));
+    }
+
+    #[tokio::test]
+    async fn an_https_endpoint_without_a_ca_is_refused() {
+        let err = args().open().await.unwrap_err().to_string();
+        assert!(err.contains("--store-ca-file"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = StoreArgs {
+            store_user: Some("file".into()),
+            store_ca_file: Some("/file-ca.pem".into()),
+            ..StoreArgs::default()
+        };
+        let flags = StoreArgs {
+            store_user: Some("flag".into()),
+            ..args()
+        };
+        let merged = flags.or(file);
+        assert_eq!(merged.store_user.as_deref(), Some("flag"));
+        assert_eq!(merged.store_ca_file, Some("/file-ca.pem".into()));
+    }
+}

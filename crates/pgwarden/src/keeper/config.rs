@@ -383,6 +383,42 @@ mod tests {
     }
 
     #[test]
+    fn store_tls_and_api_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keeper.toml");
+        std::fs::write(
+            &file,
+            "store_ca_file = \"/etc/pgwarden/ca.pem\"\nstore_user = \"keeper\"\napi_cert_file = \"/c.pem\"\napi_key_file = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let c = KeeperArgs {
+            config: Some(file.clone()),
+            ..args(dir.path())
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            c.store.store_ca_file.as_deref(),
+            Some(Path::new("/etc/pgwarden/ca.pem"))
+        );
+        assert_eq!(c.store.store_user.as_deref(), Some("keeper"));
+        assert_eq!(c.api_tls, Some(("/c.pem".into(), "/k.pem".into())));
+        let half = KeeperArgs {
+            api_cert_file: Some("/c.pem".into()),
+            ..args(dir.path())
+        };
+        assert!(matches!(half.into_config(), Err(ConfigError::ApiHalfTls)));
+        let reads = KeeperArgs {
+            api_auth_reads: true,
+            ..args(dir.path())
+        };
+        assert!(matches!(
+            reads.into_config(),
+            Err(ConfigError::ApiAuthReadsWithoutPassword)
+        ));
+    }
+
+    #[test]
     fn flags_validate_with_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let c = args(dir.path()).into_config().unwrap();
