@@ -178,7 +178,57 @@ fn api_flags(c: &TestCluster, uid: &str, password_file: &std::path::Path) -> Vec
         ),
         format!("--api-password-file={}", password_file.display()),
         "--api-auth-reads".to_owned(),
+        format!(
+            "--pg-ssl-cert-file={}",
+            dir.join(format!("{uid}.pem")).display()
+        ),
+        format!(
+            "--pg-ssl-key-file={}",
+            dir.join(format!("{uid}-key.pem")).display()
+        ),
+        format!(
+            "--pg-ssl-ca-file={}",
+            c.secure.as_ref().unwrap().pki.ca.display()
+        ),
     ]
+}
+
+/// `psql` with `sslmode=verify-full` against the test CA: whether this
+/// session is encrypted, as the server sees it.
+fn psql_verify_full(ca: &std::path::Path, port: u16) -> Result<String, String> {
+    let conninfo = format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={} connect_timeout=5",
+        ca.display()
+    );
+    let out = std::process::Command::new("psql")
+        .args([
+            &conninfo,
+            "-XAtc",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .env("PGPASSWORD", common::SU_PASSWORD)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+/// Waits until a session through the proxy on `port` is TLS end to end.
+async fn wait_psql_tls(ca: &std::path::Path, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match psql_verify_full(ca, port) {
+            Ok(ssl) if ssl == "t" => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "psql sslmode=verify-full through the proxy: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Kills the primary's host and waits until a standby is writable.
@@ -217,9 +267,27 @@ async fn a_cluster_of_minimal_roles_over_tls_fails_over() {
     }
     let status = c.wait_converged(2, Duration::from_secs(120)).await;
     let primary = status["primary"].as_str().unwrap().to_owned();
+    let (proxy_port, read_only_port) = (common::free_port(), common::free_port());
+    c.spawn_proxy("proxy1", proxy_port, read_only_port);
+
+    // Replication runs over TLS (hostssl, verify-full against the CA).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ssl = common::query_strings(
+            c.port_of(&primary),
+            "SELECT count(*)::text FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE s.ssl",
+        )
+        .await;
+        if ssl.as_deref().is_ok_and(|v| v == ["2"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "walsenders over TLS: {ssl:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ca = secure_ca(&c);
+    wait_psql_tls(&ca, proxy_port).await;
 
     // The API over HTTPS: health checks open, the rest behind the password.
-    let ca = secure_ca(&c);
     let api =
         |uid: &str, path: &str| format!("https://127.0.0.1:{}{path}", c.keepers[uid].api_port);
     assert_eq!(curl(&ca, &api(&primary, "/primary"), None).0, 200);
@@ -236,6 +304,8 @@ async fn a_cluster_of_minimal_roles_over_tls_fails_over() {
     assert_ne!(new_primary, primary);
     let status = c.wait_converged(1, Duration::from_secs(60)).await;
     assert_eq!(status["primary"], new_primary.as_str());
+    // Clients follow through the proxy, still verify-full.
+    wait_psql_tls(&ca, proxy_port).await;
 }
 
 /// The same failover without TLS or auth, for the figure in the report.

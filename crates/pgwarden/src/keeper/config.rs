@@ -77,6 +77,17 @@ pub struct KeeperArgs {
     /// behind the --api-password-file password.
     #[arg(long)]
     pub api_auth_reads: bool,
+    /// PEM server certificate for postgres: runs postgres with ssl=on (with
+    /// --pg-ssl-key-file and --pg-ssl-ca-file).
+    #[arg(long, value_name = "FILE")]
+    pub pg_ssl_cert_file: Option<PathBuf>,
+    /// PEM private key of --pg-ssl-cert-file (mode 0600, owned by the postgres user).
+    #[arg(long, value_name = "FILE")]
+    pub pg_ssl_key_file: Option<PathBuf>,
+    /// PEM CA that signed every node's postgres certificate: replication
+    /// checks the primary against it (sslmode=verify-full).
+    #[arg(long, value_name = "FILE")]
+    pub pg_ssl_ca_file: Option<PathBuf>,
     /// Also run a sentinel candidate inside this keeper.
     #[arg(long)]
     pub sentinel: bool,
@@ -112,6 +123,9 @@ struct FileConfig {
     api_key_file: Option<PathBuf>,
     api_client_ca_file: Option<PathBuf>,
     api_auth_reads: Option<bool>,
+    pg_ssl_cert_file: Option<PathBuf>,
+    pg_ssl_key_file: Option<PathBuf>,
+    pg_ssl_ca_file: Option<PathBuf>,
     sentinel: Option<bool>,
     nofailover: Option<bool>,
 }
@@ -140,6 +154,8 @@ pub struct KeeperConfig {
     pub api_client_ca_file: Option<PathBuf>,
     /// `--api-auth-reads`.
     pub api_auth_reads: bool,
+    /// Postgres TLS, when configured.
+    pub pg_ssl: Option<PgSsl>,
     pub sentinel: bool,
     pub nofailover: bool,
 }
@@ -156,6 +172,14 @@ impl std::fmt::Debug for KeeperConfig {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// Postgres TLS: the node's certificate and key, and the CA of every node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSsl {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 /// A configuration that cannot be used; each names the field and the fix.
@@ -195,6 +219,10 @@ pub enum ConfigError {
     ApiClientCaWithoutTls,
     #[error("--api-auth-reads needs --api-password-file: the password the reads must present")]
     ApiAuthReadsWithoutPassword,
+    #[error(
+        "postgres TLS needs all of --pg-ssl-cert-file, --pg-ssl-key-file and --pg-ssl-ca-file"
+    )]
+    PgSslIncomplete,
 }
 
 impl KeeperArgs {
@@ -307,6 +335,23 @@ impl KeeperArgs {
         if api_auth_reads && api_password.is_none() {
             return Err(ConfigError::ApiAuthReadsWithoutPassword);
         }
+        let pg_ssl = match (
+            self.pg_ssl_cert_file.or(file.pg_ssl_cert_file),
+            self.pg_ssl_key_file.or(file.pg_ssl_key_file),
+            self.pg_ssl_ca_file.or(file.pg_ssl_ca_file),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => {
+                // postgres resolves relative paths against the data directory.
+                let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+                Some(PgSsl {
+                    cert_file: abs(cert),
+                    key_file: abs(key),
+                    ca_file: abs(ca),
+                })
+            }
+            _ => return Err(ConfigError::PgSslIncomplete),
+        };
         Ok(KeeperConfig {
             store,
             uid,
@@ -328,6 +373,7 @@ impl KeeperArgs {
             api_tls,
             api_client_ca_file,
             api_auth_reads,
+            pg_ssl,
             sentinel: self.sentinel || file.sentinel.unwrap_or(false),
             nofailover: self.nofailover || file.nofailover.unwrap_or(false),
         })

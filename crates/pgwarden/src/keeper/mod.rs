@@ -36,7 +36,17 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
         );
     }
     let store = cfg.store.open().await?;
-    let bins = PgBins::locate(cfg.pg_bin_dir.as_deref())?;
+    let mut bins = PgBins::locate(cfg.pg_bin_dir.as_deref())?;
+    if let Some(ssl) = &cfg.pg_ssl {
+        // pg_basebackup and pg_rewind: TLS, the server checked against the CA.
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        bins.libpq_env = vec![
+            ("PGSSLMODE".into(), "verify-full".into()),
+            ("PGSSLROOTCERT".into(), path(&ssl.ca_file)),
+            ("PGSSLCERT".into(), path(&ssl.cert_file)),
+            ("PGSSLKEY".into(), path(&ssl.key_file)),
+        ];
+    }
     preflight(&cfg).await?;
     let api_security = crate::api::ApiSecurity {
         tls: match &cfg.api_tls {
