@@ -535,4 +535,30 @@ mod tests {
         };
         assert!(!format!("{s:?}").contains("hunter2"));
     }
+
+    #[test]
+    fn tls_makes_replication_verify_full_and_hostssl() {
+        let tls = ConnTls {
+            root_cert: "/etc/pg/ca.pem",
+            cert: "/etc/pg/k1.pem",
+            key: "/etc/pg/k1-key.pem",
+        };
+        let ci = primary_conninfo_tls("db-1", 5432, "repl", "pw", "k2", Some(tls));
+        let pairs = parse_conninfo(&ci);
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("sslmode"), Some("verify-full"));
+        assert_eq!(get("sslrootcert"), Some("/etc/pg/ca.pem"));
+        assert_eq!(get("sslcert"), Some("/etc/pg/k1.pem"));
+        assert_eq!(get("sslkey"), Some("/etc/pg/k1-key.pem"));
+        let plain = primary_conninfo("db-1", 5432, "repl", "pw", "k2");
+        assert!(plain.contains("sslmode=prefer") && !plain.contains("sslrootcert"));
+
+        let hba = render_pg_hba_ssl(&[], "postgres", "repl", true);
+        assert!(hba.contains("hostssl replication repl 0.0.0.0/0 scram-sha-256"));
+        assert!(!hba.contains("\nhost replication"));
+        assert_eq!(
+            render_pg_hba(&[], "postgres", "repl"),
+            render_pg_hba_ssl(&[], "postgres", "repl", false)
+        );
+    }
 }
