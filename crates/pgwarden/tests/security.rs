@@ -231,6 +231,62 @@ async fn wait_psql_tls(ca: &std::path::Path, port: u16) {
     }
 }
 
+/// haproxy running the block of docs/haproxy.md with the `check-ssl` options
+/// of its "Over HTTPS" section on every server line, rewritten to this
+/// test's ports; returns it and its primary port.
+fn haproxy_over_https(c: &TestCluster, ca: &std::path::Path) -> (std::process::Child, u16) {
+    let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/haproxy.md");
+    let doc = std::fs::read_to_string(doc).unwrap();
+    let block = doc
+        .split("```haproxy\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let https = doc
+        .split("## Over HTTPS")
+        .nth(1)
+        .expect("an Over HTTPS section");
+    let tls_options = https
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server node1 "))
+        .and_then(|l| l.split_once("check port 8008 "))
+        .map(|(_, options)| options.to_owned())
+        .expect("a check-ssl server line");
+    assert!(tls_options.contains("check-ssl"), "{tls_options}");
+    let tls_options = tls_options.replace("/etc/haproxy/pgwarden-ca.pem", ca.to_str().unwrap());
+    let (primary, replicas, stats) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let mut cfg = String::new();
+    for line in block.lines() {
+        let line = match line.trim_start().strip_prefix("server node") {
+            Some(rest) => {
+                let n: usize = rest.split(' ').next().unwrap().parse().unwrap();
+                let uid = ["k1", "k2", "k3"][n - 1];
+                let k = &c.keepers[uid];
+                format!(
+                    "    server {uid} 127.0.0.1:{} maxconn 100 check port {} {tls_options}",
+                    k.pg_port, k.api_port
+                )
+            }
+            None => line
+                .replace("*:5000", &format!("127.0.0.1:{primary}"))
+                .replace("*:5001", &format!("127.0.0.1:{replicas}"))
+                .replace("*:7000", &format!("127.0.0.1:{stats}")),
+        };
+        cfg.push_str(&line);
+        cfg.push('\n');
+    }
+    let path = c.path().join("haproxy.cfg");
+    std::fs::write(&path, &cfg).unwrap();
+    let mut cmd = std::process::Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&path);
+    let child = common::spawn_logged(cmd, &c.path().join("haproxy.log"), None);
+    (child, primary)
+}
+
 /// Kills the primary's host and waits until a standby is writable.
 async fn host_loss_failover(c: &mut TestCluster, primary: &str) -> (String, Duration) {
     let t0 = Instant::now();
@@ -296,6 +352,25 @@ async fn a_cluster_of_minimal_roles_over_tls_fails_over() {
     let (code, body) = curl(&ca, &api(&primary, "/cluster"), Some(api_password));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(&primary), "{body}");
+
+    // haproxy's health checks over HTTPS (docs/haproxy.md, check-ssl) find
+    // the primary.
+    let (mut haproxy, haproxy_port) = haproxy_over_https(&c, &ca);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let writable =
+            common::query_strings(haproxy_port, "SELECT (NOT pg_is_in_recovery())::text").await;
+        if writable.as_deref().is_ok_and(|v| v == ["true"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "haproxy with check-ssl never routed to the primary: {writable:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
 
     let (new_primary, took) = host_loss_failover(&mut c, &primary).await;
     eprintln!(
