@@ -6,7 +6,9 @@
 #              protoc + libprotobuf-dev (the etcd client's build script needs
 #              protoc and protobuf's well-known types)
 #   run/test   postgresql-15 (pgbench is part of it), etcd-server + etcd-client,
-#              iproute2 + iptables (network namespaces of the fault tests), procps
+#              iproute2 + iptables (network namespaces of the fault tests), procps,
+#              openssl + curl (tests/security.rs makes its certificates and
+#              checks the HTTPS API)
 #   alerts     prometheus (promtool checks the generated rules file),
 #              prometheus-alertmanager (a real Alertmanager receives alerts)
 #   benchmarks haproxy (measured side by side with the proxy)
@@ -25,7 +27,7 @@ fi
 packages=(
   gcc libc6-dev ca-certificates protobuf-compiler libprotobuf-dev
   postgresql-15 postgresql-client-15 etcd-server etcd-client iproute2 iptables procps
-  haproxy
+  haproxy openssl curl
   chromium chromium-driver
   prometheus prometheus-alertmanager
   systemd debootstrap

@@ -29,6 +29,10 @@ pub struct PgBins {
     pub dir: PathBuf,
     /// Start every program as this user (see [`RunAs`]); `None` in production.
     pub run_as: Option<RunAs>,
+    /// libpq settings every program gets in its environment (`PGSSLMODE`,
+    /// `PGSSLROOTCERT`, ...): with postgres TLS on, pg_basebackup and
+    /// pg_rewind check the server's certificate (verify-full).
+    pub libpq_env: Vec<(String, String)>,
 }
 
 const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
@@ -36,7 +40,11 @@ const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
 impl PgBins {
     /// Finds the binaries; an explicit directory must hold them, it is not a hint.
     pub fn locate(explicit: Option<&Path>) -> Result<PgBins, PgError> {
-        let found = |dir: PathBuf| PgBins { dir, run_as: None };
+        let found = |dir: PathBuf| PgBins {
+            dir,
+            run_as: None,
+            libpq_env: Vec::new(),
+        };
         if let Some(dir) = explicit {
             return if holds_postgres(dir) {
                 Ok(found(dir.to_path_buf()))
@@ -72,6 +80,7 @@ impl PgBins {
         if let Some(RunAs { uid, gid }) = self.run_as {
             cmd.uid(uid).gid(gid);
         }
+        cmd.envs(self.libpq_env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 }

@@ -281,6 +281,7 @@ mod tests {
         let bins = PgBins {
             dir: "/nonexistent".into(),
             run_as: None,
+            libpq_env: Vec::new(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -179,6 +179,18 @@ pub fn render_postgresql_conf(c: &PgConf) -> String {
 /// Local connections use scram-sha-256 too, not `peer`: peer breaks as soon as
 /// the OS user differs from the database superuser's name.
 pub fn render_pg_hba(extra_entries: &[String], superuser: &str, repl_user: &str) -> String {
+    render_pg_hba_ssl(extra_entries, superuser, repl_user, false)
+}
+
+/// [`render_pg_hba`], with replication allowed only over TLS (`hostssl`)
+/// when `replication_ssl`: with postgres TLS on, a standby or pg_basebackup
+/// that would send the replication password in clear is refused.
+pub fn render_pg_hba_ssl(
+    extra_entries: &[String],
+    superuser: &str,
+    repl_user: &str,
+    replication_ssl: bool,
+) -> String {
     let mut out = String::from(
         "# Managed by pgwarden: this file is rewritten on every change, edits are lost.\n\
          # Add entries through the cluster spec instead.\n\
@@ -198,8 +210,9 @@ pub fn render_pg_hba(extra_entries: &[String], superuser: &str, repl_user: &str)
     }
     out.push('\n');
     let repl = hba_quote(repl_user);
-    let _ = writeln!(out, "host replication {repl} 0.0.0.0/0 scram-sha-256");
-    let _ = writeln!(out, "host replication {repl} ::/0 scram-sha-256");
+    let kind = if replication_ssl { "hostssl" } else { "host" };
+    let _ = writeln!(out, "{kind} replication {repl} 0.0.0.0/0 scram-sha-256");
+    let _ = writeln!(out, "{kind} replication {repl} ::/0 scram-sha-256");
     out.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
     out.push_str("host all all ::/0 scram-sha-256\n");
     out
@@ -216,20 +229,60 @@ pub fn primary_conninfo(
     password: &str,
     application_name: &str,
 ) -> String {
+    primary_conninfo_tls(host, port, user, password, application_name, None)
+}
+
+/// The TLS files of a libpq connection: the CA the server's certificate is
+/// checked against, and our own certificate and key.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnTls<'a> {
+    /// `sslrootcert`.
+    pub root_cert: &'a str,
+    /// `sslcert`.
+    pub cert: &'a str,
+    /// `sslkey`.
+    pub key: &'a str,
+}
+
+/// [`primary_conninfo`]; with `tls`, TLS is required and the primary's
+/// certificate is checked against the CA and against `host`
+/// (`sslmode=verify-full`), so a man in the middle cannot obtain the
+/// replication password. Naming our own certificate also keeps libpq from
+/// looking in a `~/.postgresql` the postgres user may not be able to read.
+pub fn primary_conninfo_tls(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    application_name: &str,
+    tls: Option<ConnTls<'_>>,
+) -> String {
     let port = port.to_string();
-    let pairs = [
+    let sslmode = if tls.is_some() {
+        "verify-full"
+    } else {
+        "prefer"
+    };
+    let mut pairs = vec![
         ("host", host),
         ("port", port.as_str()),
         ("user", user),
         ("password", password),
         ("application_name", application_name),
-        ("sslmode", "prefer"),
+        ("sslmode", sslmode),
         ("connect_timeout", "2"),
         ("keepalives", "1"),
         ("keepalives_idle", "5"),
         ("keepalives_interval", "2"),
         ("keepalives_count", "3"),
     ];
+    if let Some(tls) = tls {
+        pairs.extend([
+            ("sslrootcert", tls.root_cert),
+            ("sslcert", tls.cert),
+            ("sslkey", tls.key),
+        ]);
+    }
     pairs
         .iter()
         .map(|(k, v)| format!("{k}={}", conninfo_quote(v)))
@@ -462,5 +515,31 @@ mod tests {
             primary_slot_name: "pgwarden_a".into(),
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_makes_replication_verify_full_and_hostssl() {
+        let tls = ConnTls {
+            root_cert: "/etc/pg/ca.pem",
+            cert: "/etc/pg/k1.pem",
+            key: "/etc/pg/k1-key.pem",
+        };
+        let ci = primary_conninfo_tls("db-1", 5432, "repl", "pw", "k2", Some(tls));
+        let pairs = parse_conninfo(&ci);
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("sslmode"), Some("verify-full"));
+        assert_eq!(get("sslrootcert"), Some("/etc/pg/ca.pem"));
+        assert_eq!(get("sslcert"), Some("/etc/pg/k1.pem"));
+        assert_eq!(get("sslkey"), Some("/etc/pg/k1-key.pem"));
+        let plain = primary_conninfo("db-1", 5432, "repl", "pw", "k2");
+        assert!(plain.contains("sslmode=prefer") && !plain.contains("sslrootcert"));
+
+        let hba = render_pg_hba_ssl(&[], "postgres", "repl", true);
+        assert!(hba.contains("hostssl replication repl 0.0.0.0/0 scram-sha-256"));
+        assert!(!hba.contains("\nhost replication"));
+        assert_eq!(
+            render_pg_hba(&[], "postgres", "repl"),
+            render_pg_hba_ssl(&[], "postgres", "repl", false)
+        );
     }
 }

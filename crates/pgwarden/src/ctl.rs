@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use pgwarden_core::{keys, Spec};
-use pgwarden_store::{CasOutcome, Store, StoreOptions};
+use pgwarden_store::{CasOutcome, Store};
 
 use crate::view::{self, Snapshot};
 use crate::StoreArgs;
@@ -156,27 +156,9 @@ pub enum Output {
     Json,
 }
 
-/// Builds the store client from the common flags.
-pub fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
-    let cluster = args.cluster_name.as_deref().ok_or_else(|| {
-        anyhow!("no cluster name: pass --cluster-name NAME or set PGWARDEN_CLUSTER_NAME")
-    })?;
-    if !keys::valid_uid(cluster) {
-        bail!("invalid cluster name {cluster:?}: use letters, digits, '-' and '_' (at most 48)");
-    }
-    if args.store_endpoints.is_empty() {
-        bail!("no etcd endpoints: pass --store-endpoints http://HOST:2379[,...] or set PGWARDEN_STORE_ENDPOINTS");
-    }
-    Ok(Store::new(
-        &args.store_endpoints,
-        cluster,
-        StoreOptions::default(),
-    )?)
-}
-
 /// Runs one ctl command.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.store)?;
+    let store = args.store.open().await?;
     match args.command {
         CtlCommand::Init { spec, yes, force } => init(&store, spec, yes, force).await,
         CtlCommand::Status { output } => {

@@ -1,6 +1,6 @@
 //! A small HTTP/1 server loop shared by the keeper's API and the proxy's
 //! metrics endpoint: bounded connections, a header timeout, and a graceful
-//! stop on cancellation.
+//! stop on cancellation; optionally over TLS ([`serve_tls`]).
 //!
 //! Both serve a few short answers to load balancers and scrapers, so one
 //! loop with one set of limits fits both; what they answer is the
@@ -17,8 +17,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,6 +47,21 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_tls(listener, what, handler, None, cancel).await;
+}
+
+/// [`serve`], over TLS when `tls` is given. The handshake must finish within
+/// the header timeout, like the request headers.
+pub async fn serve_tls<H, F>(
+    listener: TcpListener,
+    what: &'static str,
+    handler: H,
+    tls: Option<TlsAcceptor>,
+    cancel: CancellationToken,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let connections = TaskTracker::new();
     loop {
@@ -66,27 +83,18 @@ pub async fn serve<H, F>(
                 continue;
             }
         };
-        let (handler, cancel) = (handler.clone(), cancel.clone());
+        let (handler, cancel, tls) = (handler.clone(), cancel.clone(), tls.clone());
         connections.spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |req| {
-                let answer = handler(req);
-                async move { Ok::<_, Infallible>(answer.await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let Some(tls) = tls else {
+                return connection(stream, handler, cancel, what, peer).await;
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "{what} connection ended with an error");
+            match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => connection(stream, handler, cancel, what, peer).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "{what} TLS handshake failed");
+                }
+                Err(_) => tracing::debug!(%peer, "{what} TLS handshake timed out"),
             }
         });
     }
@@ -96,5 +104,38 @@ pub async fn serve<H, F>(
         .is_err()
     {
         tracing::debug!("{what} connections still open at shutdown: dropped");
+    }
+}
+
+/// Serves one connection until it ends or `cancel`.
+async fn connection<S, H, F>(
+    stream: S,
+    handler: H,
+    cancel: CancellationToken,
+    what: &'static str,
+    peer: std::net::SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let answer = handler(req);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "{what} connection ended with an error");
     }
 }

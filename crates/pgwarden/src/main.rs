@@ -21,11 +21,12 @@ mod proxy;
 mod read_model;
 mod sentinel;
 mod shutdown;
+mod store_args;
 mod view;
 
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -37,21 +38,7 @@ struct Cli {
     command: Command,
 }
 
-/// Flags every role that talks to the store shares.
-#[derive(Debug, Clone, Default, Args)]
-pub struct StoreArgs {
-    /// Name of the cluster (its keys live under /pgwarden/NAME/).
-    #[arg(long, env = "PGWARDEN_CLUSTER_NAME", global = true)]
-    pub cluster_name: Option<String>,
-    /// Comma-separated etcd v3 endpoints.
-    #[arg(
-        long,
-        env = "PGWARDEN_STORE_ENDPOINTS",
-        global = true,
-        value_delimiter = ','
-    )]
-    pub store_endpoints: Vec<String>,
-}
+pub use store_args::StoreArgs;
 
 #[derive(Debug, Subcommand)]
 enum Command {

@@ -34,7 +34,7 @@ pub struct SentinelArgs {
 
 /// Runs a sentinel until `cancel`.
 pub async fn run(args: SentinelArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let store = crate::ctl::open_store(&args.store)?;
+    let store = args.store.open().await?;
     let id = args.id.unwrap_or_else(default_id);
     let span = tracing::info_span!("sentinel", cluster = store.cluster(), id = id.as_str());
     crate::notify::ready();

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use crate::LeaseId;
+use std::path::PathBuf;
+
+use crate::{LeaseId, SecurityProblem};
 
 /// An error from a [`crate::Store`] operation.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +37,59 @@ pub enum StoreError {
     },
 
     /// An endpoint string given to [`crate::Store::new`] is malformed.
-    #[error("invalid etcd endpoint {value:?}: expected http://host:port or host:port")]
+    #[error("invalid etcd endpoint {value:?}: expected http://host:port, https://host:port or host:port")]
     InvalidEndpoint {
         /// The endpoint as given.
         value: String,
+    },
+
+    /// An `https://` endpoint without a CA to check etcd's certificate.
+    #[error("etcd endpoint {value} is https:// but no CA was given: pass the CA that signed etcd's certificate as --store-ca-file")]
+    HttpsWithoutCa {
+        /// The endpoint as given.
+        value: String,
+    },
+
+    /// An `http://` endpoint while TLS is configured: probably a typo that
+    /// would send credentials in clear.
+    #[error("etcd endpoint {value} is http:// but --store-ca-file is set: write https://")]
+    HttpWithTls {
+        /// The endpoint as given.
+        value: String,
+    },
+
+    /// A TLS file could not be read.
+    #[error("read etcd TLS file {path}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A TLS file is not the PEM it should be.
+    #[error("etcd TLS file {path} holds no PEM {expected}")]
+    NotPem {
+        /// The file.
+        path: PathBuf,
+        /// The PEM label expected.
+        expected: &'static str,
+    },
+
+    /// A client certificate without its key, or a key without its certificate.
+    #[error("--store-cert-file and --store-key-file go together: give both or neither")]
+    HalfIdentity,
+
+    /// etcd and we could not agree on TLS or authentication (see
+    /// [`SecurityProblem`]). Not retryable by waiting: a file, a flag or an
+    /// etcd role must change. The library's error chain is logged at debug.
+    #[error("etcd at {endpoint}: {problem}")]
+    Security {
+        /// The endpoint that said so (the last one tried).
+        endpoint: String,
+        /// What is wrong, and what to check.
+        problem: SecurityProblem,
     },
 
     /// A write named a lease that no longer exists on the server (it expired
@@ -79,6 +130,26 @@ impl StoreError {
             self,
             StoreError::Unreachable { .. } | StoreError::Timeout { .. }
         )
+    }
+
+    /// The TLS or authentication failure, when this is one.
+    pub fn security_problem(&self) -> Option<&SecurityProblem> {
+        match self {
+            StoreError::Security { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+
+    /// Names the key in a permission-denied error.
+    pub(crate) fn on_key(mut self, key: &str) -> StoreError {
+        if let StoreError::Security {
+            problem: SecurityProblem::PermissionDenied { key: k, .. },
+            ..
+        } = &mut self
+        {
+            *k = Some(key.to_owned());
+        }
+        self
     }
 }
 

@@ -30,6 +30,46 @@ const FAST_TIMING: (u32, u32) = (50, 500);
 /// How long a stop waits after SIGTERM before sending SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// TLS on etcd's client port, with client certificates required
+/// (`--client-cert-auth`): what a secured deployment runs. Peers stay on
+/// plaintext loopback in tests.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The CA that signs client certificates (`--trusted-ca-file`) and that
+    /// the readiness check trusts for the server's.
+    pub ca_file: PathBuf,
+    /// The server certificate (valid for the member's loopback address).
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
+    /// A client certificate for the readiness checks; with etcd auth on, its
+    /// CN should be `root`.
+    pub client_cert_file: PathBuf,
+    /// Its key.
+    pub client_key_file: PathBuf,
+}
+
+impl ServerTls {
+    /// Connect options with the readiness client's certificate.
+    fn client_options(&self) -> etcd_client::ConnectOptions {
+        let read = |p: &PathBuf| std::fs::read(p).unwrap_or_default();
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca_file)))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.client_cert_file),
+                read(&self.client_key_file),
+            ));
+        etcd_client::ConnectOptions::new().with_tls(tls)
+    }
+}
+
+/// Connect options for asking a member, with TLS when it has it.
+fn probe_options(tls: Option<&ServerTls>) -> etcd_client::ConnectOptions {
+    tls.map_or_else(etcd_client::ConnectOptions::new, ServerTls::client_options)
+        .with_connect_timeout(Duration::from_millis(200))
+        .with_timeout(Duration::from_millis(500))
+}
+
 /// An error starting etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdServerError {
@@ -105,6 +145,8 @@ pub struct EtcdServer {
     /// etcd's defaults (100, 1000), which members of a cluster run at unless
     /// asked otherwise. A lone member elects itself fast (50, 500).
     timing: Option<(u32, u32)>,
+    /// TLS on the client port (boxed: most servers have none).
+    tls: Option<Box<ServerTls>>,
     child: Option<Child>,
     /// Pid of the last process started, kept after it exits.
     pid: u32,
@@ -175,6 +217,7 @@ impl EtcdServer {
             name,
             initial_cluster,
             timing: Some(FAST_TIMING),
+            tls: None,
             child: None,
             pid: 0,
         };
@@ -182,9 +225,11 @@ impl EtcdServer {
         Ok(server)
     }
 
-    /// The client endpoint, `http://<host>:<client_port>`.
+    /// The client endpoint, `http://<host>:<client_port>` (`https://` with
+    /// TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     /// The peer URL, `http://<host>:<peer_port>`.
@@ -300,6 +345,13 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--initial-cluster-state=new");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert_file.display()))
+                .arg(format!("--key-file={}", tls.key_file.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth");
+        }
         if let Some((heartbeat, election)) = self.timing {
             command
                 .arg(format!("--heartbeat-interval={heartbeat}"))
@@ -329,9 +381,7 @@ impl EtcdServer {
         let endpoint = self.endpoint();
         let peer_url = self.peer_url();
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(200))
-            .with_timeout(Duration::from_millis(500));
+        let options = probe_options(self.tls.as_deref());
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -407,10 +457,22 @@ impl EtcdCluster {
         hosts: &[String],
         timing: Option<(u32, u32)>,
     ) -> Result<EtcdCluster, EtcdServerError> {
+        Self::start_secured(dir, hosts, timing, None).await
+    }
+
+    /// Like [`EtcdCluster::start_with_timing`], with TLS and client
+    /// certificates required on every member's client port when `tls` is
+    /// given (the server certificate must be valid for every host).
+    pub async fn start_secured(
+        dir: &Path,
+        hosts: &[String],
+        timing: Option<(u32, u32)>,
+        tls: Option<&ServerTls>,
+    ) -> Result<EtcdCluster, EtcdServerError> {
         let binary = find_on_path("etcd").ok_or(EtcdServerError::NotInstalled)?;
         let mut attempt = 1;
         loop {
-            match Self::try_start(&binary, dir, hosts, timing).await {
+            match Self::try_start(&binary, dir, hosts, timing, tls).await {
                 Err(e @ (EtcdServerError::PortInUse { .. } | EtcdServerError::Exited { .. }))
                     if attempt < 5 =>
                 {
@@ -428,6 +490,7 @@ impl EtcdCluster {
         dir: &Path,
         hosts: &[String],
         timing: Option<(u32, u32)>,
+        tls: Option<&ServerTls>,
     ) -> Result<EtcdCluster, EtcdServerError> {
         let mut taken = Vec::new();
         let mut port = |host: &str| loop {
@@ -464,6 +527,7 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 initial_cluster: initial_cluster.clone(),
                 timing,
+                tls: tls.cloned().map(Box::new),
                 child: None,
                 pid: 0,
             });
@@ -507,9 +571,7 @@ impl EtcdCluster {
         for member in self.members.iter().filter(|m| m.is_running()) {
             let endpoint = member.endpoint();
             let ask = async {
-                let options = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_millis(200))
-                    .with_timeout(Duration::from_millis(500));
+                let options = probe_options(member.tls.as_deref());
                 let mut client =
                     etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?;
                 let status = client.status().await?;

@@ -25,12 +25,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, TlsOptions};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
 use crate::error::{is_transport, StoreError};
+use crate::security::{chain_text, classify};
 use crate::StoreOptions;
 
 /// HTTP/2 ping interval on connections with open streams (watches, lease
@@ -57,12 +58,14 @@ pub(crate) struct Pool {
     given: usize,
     preferred: AtomicUsize,
     options: StoreOptions,
+    /// The TLS settings read from `options.tls`, for https endpoints.
+    tls: Option<TlsOptions>,
     /// The endpoints as given, comma-joined, for error messages.
     joined: String,
 }
 
 struct Slot {
-    /// Normalised to `http://host:port`.
+    /// Normalised to `http://host:port` or `https://host:port`.
     url: String,
     /// Sends etcd's require-leader metadata: a member without a leader (one
     /// cut off from its quorum, or during an election) refuses at once
@@ -85,7 +88,10 @@ impl Slot {
 
 /// Why the last endpoint tried failed.
 enum Failure {
-    Transport(etcd_client::Error),
+    Transport {
+        endpoint: String,
+        error: etcd_client::Error,
+    },
     Timeout,
 }
 
@@ -108,9 +114,10 @@ impl Pool {
                 value: String::new(),
             });
         }
+        let tls = options.tls.as_ref().map(|t| t.load()).transpose()?;
         let mut slots: Vec<Arc<Slot>> = Vec::new();
         for e in endpoints {
-            let url = normalize_endpoint(e)?;
+            let url = normalize_endpoint(e, tls.is_some())?;
             if !slots.iter().any(|s| s.url == url) {
                 slots.push(Slot::new(url));
             }
@@ -120,6 +127,7 @@ impl Pool {
             slots: RwLock::new(Arc::new(slots)),
             preferred: AtomicUsize::new(0),
             options,
+            tls,
             joined: endpoints.join(","),
         })
     }
@@ -178,19 +186,22 @@ impl Pool {
                     return Ok(value);
                 }
                 Ok(Err(e)) if is_transport(&e) => {
-                    debug!(endpoint = %slot.url, op, error = %e, "etcd endpoint failed");
-                    last = Failure::Transport(e);
+                    debug!(endpoint = %slot.url, op, error = %chain_text(&e), "etcd endpoint failed");
+                    last = Failure::Transport {
+                        endpoint: slot.url.clone(),
+                        error: e,
+                    };
                 }
-                Ok(Err(e)) => return Err(StoreError::Etcd { op, source: e }),
+                Ok(Err(e)) => return Err(self.refused(op, &slot.url, e)),
                 Err(_elapsed) => {
                     debug!(endpoint = %slot.url, op, "etcd endpoint did not answer in time");
-                    if !matches!(last, Failure::Transport(_)) {
+                    if !matches!(last, Failure::Transport { .. }) {
                         last = Failure::Timeout;
                     }
                 }
             }
         }
-        Err(self.unreachable(last))
+        Err(self.unreachable(op, last))
     }
 
     /// Runs `attempt` against the endpoint that last worked and, `delay`
@@ -240,23 +251,59 @@ impl Pool {
                     return Ok(value);
                 }
                 Ok(Err(e)) if is_transport(&e) => {
-                    debug!(endpoint = %slots[idx].url, op, error = %e, "etcd endpoint failed");
-                    last = Failure::Transport(e);
+                    debug!(endpoint = %slots[idx].url, op, error = %chain_text(&e), "etcd endpoint failed");
+                    last = Failure::Transport {
+                        endpoint: slots[idx].url.clone(),
+                        error: e,
+                    };
                 }
-                Ok(Err(e)) => return Err(StoreError::Etcd { op, source: e }),
+                Ok(Err(e)) => return Err(self.refused(op, &slots[idx].url, e)),
                 Err(_elapsed) => {
                     debug!(endpoint = %slots[idx].url, op, "etcd endpoint did not answer in time");
                 }
             }
         }
-        Err(self.unreachable(last))
+        Err(self.unreachable(op, last))
     }
 
-    fn unreachable(&self, last: Failure) -> StoreError {
+    /// The TLS or auth failure `error` stands for, if it is one.
+    fn security(
+        &self,
+        op: &'static str,
+        endpoint: &str,
+        error: &etcd_client::Error,
+    ) -> Option<StoreError> {
+        let problem = classify(
+            error,
+            op,
+            self.options.user.as_ref(),
+            self.options.tls.as_ref(),
+        )?;
+        Some(StoreError::Security {
+            endpoint: endpoint.to_owned(),
+            problem,
+        })
+    }
+
+    /// etcd answered `op` with an error.
+    fn refused(&self, op: &'static str, endpoint: &str, error: etcd_client::Error) -> StoreError {
+        match self.security(op, endpoint, &error) {
+            Some(e) => {
+                debug!(endpoint, op, error = %chain_text(&error), "etcd refused");
+                e
+            }
+            None => StoreError::Etcd { op, source: error },
+        }
+    }
+
+    fn unreachable(&self, op: &'static str, last: Failure) -> StoreError {
         match last {
-            Failure::Transport(source) => StoreError::Unreachable {
-                endpoints: self.joined.clone(),
-                source,
+            Failure::Transport { endpoint, error } => match self.security(op, &endpoint, &error) {
+                Some(e) => e,
+                None => StoreError::Unreachable {
+                    endpoints: self.joined.clone(),
+                    source: error,
+                },
             },
             Failure::Timeout => StoreError::Timeout {
                 endpoints: self.joined.clone(),
@@ -370,7 +417,7 @@ impl Pool {
             for url in member.client_urls() {
                 // Only what this client can speak; a member advertising
                 // something else is reached through the given endpoints.
-                let Ok(url) = normalize_endpoint(url) else {
+                let Ok(url) = normalize_endpoint(url, self.tls.is_some()) else {
                     continue;
                 };
                 if next.iter().any(|s| s.url == url) {
@@ -427,18 +474,49 @@ impl Pool {
             .with_keep_alive_while_idle(false)
             .with_tcp_keepalive(TCP_KEEP_ALIVE)
             .with_require_leader(require_leader);
+        let options = match &self.tls {
+            Some(tls) if url.starts_with("https://") => options.with_tls(tls.clone()),
+            _ => options,
+        };
+        let options = match &self.options.user {
+            // etcd's auth tokens expire (simple tokens after 5 minutes idle):
+            // re-authenticate instead of failing.
+            Some(c) => options
+                .with_user(c.user.clone(), c.password.clone())
+                .with_auto_token_refresh(true),
+            None => options,
+        };
         Client::connect([url], Some(options)).await
     }
 }
 
-/// Accepts `http://host:port` and `host:port` (a trailing `/` is tolerated)
-/// and returns `http://host:port`.
-fn normalize_endpoint(value: &str) -> Result<String, StoreError> {
+/// Accepts `http://host:port`, `https://host:port` and `host:port` (a
+/// trailing `/` is tolerated) and returns `http://host:port` or, with TLS,
+/// `https://host:port`. With TLS an `http://` endpoint is refused (it would
+/// send credentials in clear), and without it an `https://` one (there is no
+/// CA to check etcd's certificate against).
+fn normalize_endpoint(value: &str, tls: bool) -> Result<String, StoreError> {
     let invalid = || StoreError::InvalidEndpoint {
         value: value.to_owned(),
     };
     let trimmed = value.trim();
-    let rest = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    let (scheme, rest) = if let Some(rest) = trimmed.strip_prefix("https://") {
+        if !tls {
+            return Err(StoreError::HttpsWithoutCa {
+                value: value.to_owned(),
+            });
+        }
+        ("https", rest)
+    } else if let Some(rest) = trimmed.strip_prefix("http://") {
+        if tls {
+            return Err(StoreError::HttpWithTls {
+                value: value.to_owned(),
+            });
+        }
+        ("http", rest)
+    } else {
+        (if tls { "https" } else { "http" }, trimmed)
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains("://") || rest.contains('/') || rest.contains('@') {
         return Err(invalid());
@@ -454,7 +532,7 @@ fn normalize_endpoint(value: &str) -> Result<String, StoreError> {
     if !host_ok || !port_ok {
         return Err(invalid());
     }
-    Ok(format!("http://{host}:{port}"))
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 #[cfg(test)]
@@ -464,16 +542,24 @@ mod tests {
     #[test]
     fn endpoints_are_normalised() {
         assert_eq!(
-            normalize_endpoint("127.0.0.1:2379").unwrap(),
+            normalize_endpoint("127.0.0.1:2379", false).unwrap(),
             "http://127.0.0.1:2379"
         );
         assert_eq!(
-            normalize_endpoint("http://etcd-1:2379/").unwrap(),
+            normalize_endpoint("http://etcd-1:2379/", false).unwrap(),
             "http://etcd-1:2379"
         );
         assert_eq!(
-            normalize_endpoint("[::1]:2379").unwrap(),
+            normalize_endpoint("[::1]:2379", false).unwrap(),
             "http://[::1]:2379"
+        );
+        assert_eq!(
+            normalize_endpoint("etcd-1:2379", true).unwrap(),
+            "https://etcd-1:2379"
+        );
+        assert_eq!(
+            normalize_endpoint("https://etcd-1:2379/", true).unwrap(),
+            "https://etcd-1:2379"
         );
     }
 
@@ -486,15 +572,27 @@ mod tests {
             ":2379",
             "etcd:99999",
             "etcd:0",
-            "https://etcd:2379",
             "http://etcd:2379/v3",
+            "https://etcd:2379/v3",
             "::1:2379",
         ] {
-            match normalize_endpoint(bad) {
+            match normalize_endpoint(bad, bad.starts_with("https")) {
                 Err(StoreError::InvalidEndpoint { value }) => assert_eq!(value, bad),
                 other => panic!("{bad:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_scheme_must_match_the_tls_setting() {
+        assert!(matches!(
+            normalize_endpoint("https://etcd:2379", false),
+            Err(StoreError::HttpsWithoutCa { .. })
+        ));
+        assert!(matches!(
+            normalize_endpoint("http://etcd:2379", true),
+            Err(StoreError::HttpWithTls { .. })
+        ));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod failover;
 mod lease;
 mod quorum;
 mod renewals;
+mod security;
 mod store;
 mod watch;
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 pub use error::StoreError;
 pub use lease::{LeaseKeeper, LeaseState};
 pub use renewals::{RenewalSummary, Renewals};
+pub use security::{Credentials, SecurityProblem, TlsFiles};
 pub use store::Store;
 
 /// An etcd lease id.
@@ -89,7 +91,7 @@ pub enum CasOutcome {
     Conflict,
 }
 
-/// Timeouts for talking to etcd.
+/// Timeouts, TLS and credentials for talking to etcd.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// How long one attempt on one endpoint may take before the next endpoint
@@ -97,6 +99,12 @@ pub struct StoreOptions {
     pub request_timeout: Duration,
     /// TCP connect timeout per endpoint.
     pub connect_timeout: Duration,
+    /// TLS towards etcd: required by `https://` endpoints, and makes bare
+    /// `host:port` endpoints https. None = plaintext.
+    pub tls: Option<TlsFiles>,
+    /// etcd user and password. None with no etcd auth, or with auth by the
+    /// client certificate's CN (etcd's `--client-cert-auth`).
+    pub user: Option<Credentials>,
 }
 
 impl Default for StoreOptions {
@@ -104,6 +112,8 @@ impl Default for StoreOptions {
         StoreOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: None,
+            user: None,
         }
     }
 }

@@ -111,7 +111,8 @@ impl Store {
                 let full = full.clone();
                 async move { c.get(full, None).await }
             })
-            .await?;
+            .await
+            .map_err(|e| e.on_key(&full))?;
         Ok(resp.take_kvs().into_iter().next().map(versioned))
     }
 
@@ -128,7 +129,8 @@ impl Store {
                 let full = full.clone();
                 async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
             })
-            .await?;
+            .await
+            .map_err(|e| e.on_key(&full))?;
         let mut out = Vec::new();
         for kv in resp.take_kvs() {
             let relative = kv
@@ -165,7 +167,7 @@ impl Store {
                 async move { c.put(full, value, Some(put_options(lease))).await }
             })
             .await
-            .map_err(|e| lease_error(e, lease))?;
+            .map_err(|e| lease_error(e, lease).on_key(&self.full_key(key)))?;
         header_revision("put", resp.header())
     }
 
@@ -184,7 +186,7 @@ impl Store {
         let resp = self
             .txn("create", txn)
             .await
-            .map_err(|e| lease_error(e, lease))?;
+            .map_err(|e| lease_error(e, lease).on_key(&self.full_key(key)))?;
         if resp.succeeded() {
             Ok(Some(header_revision("create", resp.header())?))
         } else {
@@ -227,7 +229,7 @@ impl Store {
         let resp = self
             .txn("compare-and-swap", txn)
             .await
-            .map_err(|e| lease_error(e, lease))?;
+            .map_err(|e| lease_error(e, lease).on_key(&self.full_key(key)))?;
         if resp.succeeded() {
             Ok(CasOutcome::Written {
                 revision: header_revision("compare-and-swap", resp.header())?,
@@ -245,7 +247,8 @@ impl Store {
                 let full = full.clone();
                 async move { c.delete(full, None::<DeleteOptions>).await }
             })
-            .await?;
+            .await
+            .map_err(|e| e.on_key(&full))?;
         Ok(())
     }
 
@@ -276,8 +279,10 @@ impl Store {
         full: String,
         cmp: Compare,
     ) -> Result<bool, StoreError> {
-        let txn = Txn::new().when([cmp]).and_then([TxnOp::delete(full, None)]);
-        let resp = self.txn(op, txn).await?;
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::delete(full.clone(), None)]);
+        let resp = self.txn(op, txn).await.map_err(|e| e.on_key(&full))?;
         let deleted = resp.succeeded()
             && resp.op_responses().iter().any(|r| match r {
                 TxnOpResponse::Delete(d) => d.deleted() > 0,

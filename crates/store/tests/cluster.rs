@@ -35,6 +35,7 @@ fn lease_store(cluster: &EtcdCluster) -> Store {
     let options = StoreOptions {
         request_timeout: TTL / 6,
         connect_timeout: TTL / 6,
+        ..StoreOptions::default()
     };
     Store::new(&endpoints, "c", options).expect("valid endpoints")
 }
@@ -199,6 +200,7 @@ async fn members_not_given_are_discovered_and_used() {
         StoreOptions {
             request_timeout: Duration::from_millis(500),
             connect_timeout: Duration::from_millis(500),
+            ..StoreOptions::default()
         },
     )
     .expect("valid endpoint");

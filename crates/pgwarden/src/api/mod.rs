@@ -20,6 +20,7 @@ mod decisions;
 mod health;
 mod metrics;
 mod routes;
+pub mod tls;
 mod ui;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use pgwarden_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use self::decisions::Decisions;
@@ -83,6 +85,9 @@ pub struct ApiContext {
     uid: String,
     store: Store,
     password: Option<String>,
+    /// `--api-auth-reads`: every route but the health checks needs the
+    /// password, reads included.
+    auth_reads: bool,
     published: watch::Receiver<Option<Published>>,
     started_at: Instant,
     snapshots: SnapshotCache,
@@ -92,6 +97,24 @@ pub struct ApiContext {
     lag: Mutex<LagHistory>,
 }
 
+/// How the API is protected beyond the password for state changes.
+#[derive(Clone, Default)]
+pub struct ApiSecurity {
+    /// HTTPS (`--api-cert-file`/`--api-key-file`, `--api-client-ca-file`).
+    pub tls: Option<TlsAcceptor>,
+    /// `--api-auth-reads`.
+    pub auth_reads: bool,
+}
+
+impl std::fmt::Debug for ApiSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("auth_reads", &self.auth_reads)
+            .finish()
+    }
+}
+
 /// Serves the API on `listener` until `cancel`, answering from what arrives
 /// on `local` (the keeper's published state).
 pub async fn serve(
@@ -99,6 +122,7 @@ pub async fn serve(
     store: Store,
     uid: String,
     password: Option<String>,
+    security: ApiSecurity,
     local: watch::Receiver<Option<LocalState>>,
     cancel: CancellationToken,
 ) {
@@ -109,6 +133,7 @@ pub async fn serve(
         snapshots: SnapshotCache::new(store.clone()),
         store,
         password,
+        auth_reads: security.auth_reads,
         published,
         started_at: Instant::now(),
         decisions: Arc::new(Decisions::default()),
@@ -128,7 +153,7 @@ pub async fn serve(
         follow(local, published_tx, cancel.clone()),
         decisions::follow(ctx.store.clone(), &ctx.decisions, cancel.clone()),
         ui::sample_lag(&ctx, cancel.clone()),
-        crate::http::serve(listener, "HTTP API", handler, cancel),
+        crate::http::serve_tls(listener, "HTTP API", handler, security.tls, cancel),
     );
 }
 

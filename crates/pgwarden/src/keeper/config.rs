@@ -64,6 +64,30 @@ pub struct KeeperArgs {
     /// present (basic auth); without it such requests are always refused.
     #[arg(long)]
     pub api_password_file: Option<PathBuf>,
+    /// PEM certificate for the HTTP API: serve HTTPS (with --api-key-file).
+    #[arg(long, value_name = "FILE")]
+    pub api_cert_file: Option<PathBuf>,
+    /// PEM private key of --api-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// PEM CA: the HTTPS API then requires client certificates it signed.
+    #[arg(long, value_name = "FILE")]
+    pub api_client_ca_file: Option<PathBuf>,
+    /// Put every API endpoint but the health checks (/cluster, /metrics, ...)
+    /// behind the --api-password-file password.
+    #[arg(long)]
+    pub api_auth_reads: bool,
+    /// PEM server certificate for postgres: runs postgres with ssl=on (with
+    /// --pg-ssl-key-file and --pg-ssl-ca-file).
+    #[arg(long, value_name = "FILE")]
+    pub pg_ssl_cert_file: Option<PathBuf>,
+    /// PEM private key of --pg-ssl-cert-file (mode 0600, owned by the postgres user).
+    #[arg(long, value_name = "FILE")]
+    pub pg_ssl_key_file: Option<PathBuf>,
+    /// PEM CA that signed every node's postgres certificate: replication
+    /// checks the primary against it (sslmode=verify-full).
+    #[arg(long, value_name = "FILE")]
+    pub pg_ssl_ca_file: Option<PathBuf>,
     /// Also run a sentinel candidate inside this keeper.
     #[arg(long)]
     pub sentinel: bool,
@@ -78,6 +102,11 @@ pub struct KeeperArgs {
 struct FileConfig {
     cluster_name: Option<String>,
     store_endpoints: Option<Vec<String>>,
+    store_ca_file: Option<PathBuf>,
+    store_cert_file: Option<PathBuf>,
+    store_key_file: Option<PathBuf>,
+    store_user: Option<String>,
+    store_password_file: Option<PathBuf>,
     uid: Option<String>,
     data_dir: Option<PathBuf>,
     pg_listen_address: Option<String>,
@@ -90,6 +119,13 @@ struct FileConfig {
     pg_bin_dir: Option<PathBuf>,
     api_listen: Option<String>,
     api_password_file: Option<PathBuf>,
+    api_cert_file: Option<PathBuf>,
+    api_key_file: Option<PathBuf>,
+    api_client_ca_file: Option<PathBuf>,
+    api_auth_reads: Option<bool>,
+    pg_ssl_cert_file: Option<PathBuf>,
+    pg_ssl_key_file: Option<PathBuf>,
+    pg_ssl_ca_file: Option<PathBuf>,
     sentinel: Option<bool>,
     nofailover: Option<bool>,
 }
@@ -112,6 +148,14 @@ pub struct KeeperConfig {
     pub api_listen: SocketAddr,
     /// Password for state-changing HTTP API requests, when configured.
     pub api_password: Option<String>,
+    /// HTTPS certificate and key of the API.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// CA of the API's client certificates.
+    pub api_client_ca_file: Option<PathBuf>,
+    /// `--api-auth-reads`.
+    pub api_auth_reads: bool,
+    /// Postgres TLS, when configured.
+    pub pg_ssl: Option<PgSsl>,
     pub sentinel: bool,
     pub nofailover: bool,
 }
@@ -128,6 +172,14 @@ impl std::fmt::Debug for KeeperConfig {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// Postgres TLS: the node's certificate and key, and the CA of every node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSsl {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 /// A configuration that cannot be used; each names the field and the fix.
@@ -161,6 +213,16 @@ pub enum ConfigError {
     PasswordFileMode { path: PathBuf, mode: u32 },
     #[error("password file {path} is empty: put the password on its first line")]
     PasswordFileEmpty { path: PathBuf },
+    #[error("--api-cert-file and --api-key-file go together: give both or neither")]
+    ApiHalfTls,
+    #[error("--api-client-ca-file needs HTTPS: pass --api-cert-file and --api-key-file too")]
+    ApiClientCaWithoutTls,
+    #[error("--api-auth-reads needs --api-password-file: the password the reads must present")]
+    ApiAuthReadsWithoutPassword,
+    #[error(
+        "postgres TLS needs all of --pg-ssl-cert-file, --pg-ssl-key-file and --pg-ssl-ca-file"
+    )]
+    PgSslIncomplete,
 }
 
 impl KeeperArgs {
@@ -184,14 +246,15 @@ impl KeeperArgs {
             }
             None => FileConfig::default(),
         };
-        let store = StoreArgs {
-            cluster_name: self.store.cluster_name.or(file.cluster_name),
-            store_endpoints: if self.store.store_endpoints.is_empty() {
-                file.store_endpoints.unwrap_or_default()
-            } else {
-                self.store.store_endpoints
-            },
-        };
+        let store = self.store.or(StoreArgs {
+            cluster_name: file.cluster_name,
+            store_endpoints: file.store_endpoints.unwrap_or_default(),
+            store_ca_file: file.store_ca_file,
+            store_cert_file: file.store_cert_file,
+            store_key_file: file.store_key_file,
+            store_user: file.store_user,
+            store_password_file: file.store_password_file,
+        });
         let uid = self
             .uid
             .or(file.uid)
@@ -256,6 +319,39 @@ impl KeeperArgs {
             .or(file.api_password_file)
             .map(|path| read_password_file(&path))
             .transpose()?;
+        let api_tls = match (
+            self.api_cert_file.or(file.api_cert_file),
+            self.api_key_file.or(file.api_key_file),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(ConfigError::ApiHalfTls),
+        };
+        let api_client_ca_file = self.api_client_ca_file.or(file.api_client_ca_file);
+        if api_client_ca_file.is_some() && api_tls.is_none() {
+            return Err(ConfigError::ApiClientCaWithoutTls);
+        }
+        let api_auth_reads = self.api_auth_reads || file.api_auth_reads.unwrap_or(false);
+        if api_auth_reads && api_password.is_none() {
+            return Err(ConfigError::ApiAuthReadsWithoutPassword);
+        }
+        let pg_ssl = match (
+            self.pg_ssl_cert_file.or(file.pg_ssl_cert_file),
+            self.pg_ssl_key_file.or(file.pg_ssl_key_file),
+            self.pg_ssl_ca_file.or(file.pg_ssl_ca_file),
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => {
+                // postgres resolves relative paths against the data directory.
+                let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+                Some(PgSsl {
+                    cert_file: abs(cert),
+                    key_file: abs(key),
+                    ca_file: abs(ca),
+                })
+            }
+            _ => return Err(ConfigError::PgSslIncomplete),
+        };
         Ok(KeeperConfig {
             store,
             uid,
@@ -274,6 +370,10 @@ impl KeeperArgs {
             pg_bin_dir: self.pg_bin_dir.or(file.pg_bin_dir),
             api_listen,
             api_password,
+            api_tls,
+            api_client_ca_file,
+            api_auth_reads,
+            pg_ssl,
             sentinel: self.sentinel || file.sentinel.unwrap_or(false),
             nofailover: self.nofailover || file.nofailover.unwrap_or(false),
         })
@@ -326,6 +426,42 @@ mod tests {
             pg_repl_password_file: Some(password_file(dir, "repl", 0o400, "r'pass\\\n")),
             ..KeeperArgs::default()
         }
+    }
+
+    #[test]
+    fn store_tls_and_api_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keeper.toml");
+        std::fs::write(
+            &file,
+            "store_ca_file = \"/etc/pgwarden/ca.pem\"\nstore_user = \"keeper\"\napi_cert_file = \"/c.pem\"\napi_key_file = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let c = KeeperArgs {
+            config: Some(file.clone()),
+            ..args(dir.path())
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            c.store.store_ca_file.as_deref(),
+            Some(Path::new("/etc/pgwarden/ca.pem"))
+        );
+        assert_eq!(c.store.store_user.as_deref(), Some("keeper"));
+        assert_eq!(c.api_tls, Some(("/c.pem".into(), "/k.pem".into())));
+        let half = KeeperArgs {
+            api_cert_file: Some("/c.pem".into()),
+            ..args(dir.path())
+        };
+        assert!(matches!(half.into_config(), Err(ConfigError::ApiHalfTls)));
+        let reads = KeeperArgs {
+            api_auth_reads: true,
+            ..args(dir.path())
+        };
+        assert!(matches!(
+            reads.into_config(),
+            Err(ConfigError::ApiAuthReadsWithoutPassword)
+        ));
     }
 
     #[test]

@@ -34,9 +34,30 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
             "pgwarden keeper must not run as root: postgres refuses to; run it as the unprivileged user that owns the data directory (e.g. `runuser -u postgres -- pgwarden keeper ...`)"
         );
     }
-    let store = crate::ctl::open_store(&cfg.store)?;
-    let bins = PgBins::locate(cfg.pg_bin_dir.as_deref())?;
+    let store = cfg.store.open().await?;
+    let mut bins = PgBins::locate(cfg.pg_bin_dir.as_deref())?;
+    if let Some(ssl) = &cfg.pg_ssl {
+        // pg_basebackup and pg_rewind: TLS, the server checked against the CA.
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        bins.libpq_env = vec![
+            ("PGSSLMODE".into(), "verify-full".into()),
+            ("PGSSLROOTCERT".into(), path(&ssl.ca_file)),
+            ("PGSSLCERT".into(), path(&ssl.cert_file)),
+            ("PGSSLKEY".into(), path(&ssl.key_file)),
+        ];
+    }
     preflight(&cfg).await?;
+    let api_security = crate::api::ApiSecurity {
+        tls: match &cfg.api_tls {
+            Some((cert, key)) => Some(crate::api::tls::acceptor(
+                cert,
+                key,
+                cfg.api_client_ca_file.as_deref(),
+            )?),
+            None => None,
+        },
+        auth_reads: cfg.api_auth_reads,
+    };
     let api_listener = crate::api::bind(cfg.api_listen).await?;
     let span = tracing::info_span!("keeper", cluster = store.cluster(), uid = cfg.uid.as_str());
     let tracker = tokio_util::task::TaskTracker::new();
@@ -49,6 +70,7 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
             store.clone(),
             cfg.uid.clone(),
             cfg.api_password.clone(),
+            api_security,
             local_rx,
             cancel.child_token(),
         )

@@ -446,12 +446,19 @@ impl Node {
     fn pg_conf(&self, spec: &Spec, assignment: Option<&Assignment>) -> PgConf {
         let standby = match assignment {
             Some(Assignment::Standby { host, port, .. }) => Some(StandbyConf {
-                primary_conninfo: pgwarden_pg::primary_conninfo(
+                primary_conninfo: pgwarden_pg::primary_conninfo_tls(
                     host,
                     *port,
                     &self.cfg.repl_username,
                     &self.cfg.repl_password,
                     &self.cfg.uid,
+                    self.cfg.pg_ssl.as_ref().and_then(|s| {
+                        Some(pgwarden_pg::ConnTls {
+                            root_cert: s.ca_file.to_str()?,
+                            cert: s.cert_file.to_str()?,
+                            key: s.key_file.to_str()?,
+                        })
+                    }),
                 ),
                 primary_slot_name: pgwarden_pg::slot_name(&self.cfg.uid),
             }),
@@ -482,6 +489,17 @@ impl Node {
                 // then re-clones) instead of keeping WAL for ever.
                 p.entry("max_slot_wal_keep_size".into())
                     .or_insert_with(|| DEFAULT_MAX_SLOT_WAL_KEEP_SIZE.into());
+                // The node's TLS files are the keeper's flags, not the spec's.
+                if let Some(ssl) = &self.cfg.pg_ssl {
+                    p.insert("ssl".into(), "on".into());
+                    for (name, path) in [
+                        ("ssl_cert_file", &ssl.cert_file),
+                        ("ssl_key_file", &ssl.key_file),
+                        ("ssl_ca_file", &ssl.ca_file),
+                    ] {
+                        p.insert(name.into(), path.to_string_lossy().into_owned());
+                    }
+                }
                 if matches!(assignment, Some(Assignment::Primary)) && !self.sync_names.is_empty() {
                     p.insert("synchronous_standby_names".into(), self.sync_names.clone());
                 }
@@ -492,7 +510,12 @@ impl Node {
     }
 
     fn hba(&self, spec: &Spec) -> String {
-        pgwarden_pg::render_pg_hba(&spec.pg_hba, &self.cfg.su_username, &self.cfg.repl_username)
+        pgwarden_pg::render_pg_hba_ssl(
+            &spec.pg_hba,
+            &self.cfg.su_username,
+            &self.cfg.repl_username,
+            self.cfg.pg_ssl.is_some(),
+        )
     }
 
     fn config_matches(

@@ -64,6 +64,8 @@ impl PrimaryLease {
         let options = StoreOptions {
             request_timeout: timing::renewal_request_timeout(ttl),
             connect_timeout: timing::renewal_request_timeout(ttl),
+            // The same TLS and credentials as the main client.
+            ..store.options().clone()
         };
         let store = Store::new(store.endpoints(), store.cluster(), options)?;
         let lease = LeaseKeeper::spawn_counted_with_interval(

@@ -110,6 +110,8 @@ impl Control {
             StoreOptions {
                 request_timeout: timing::renewal_request_timeout(self.proxy_ttl),
                 connect_timeout: timing::renewal_request_timeout(self.proxy_ttl),
+                // The same TLS and credentials as the main client.
+                ..self.store.options().clone()
             },
         )?;
         let lease = LeaseKeeper::spawn_with_interval(

@@ -90,7 +90,7 @@ pub struct ProxyArgs {
 
 /// Runs a proxy until `cancel`.
 pub async fn run(args: ProxyArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let store = crate::ctl::open_store(&args.store)?;
+    let store = args.store.open().await?;
     let id = match args.id {
         Some(id) if keys::valid_uid(&id) => id,
         Some(id) => bail!("invalid proxy id {id:?}: use letters, digits, '-' and '_' (at most 48)"),

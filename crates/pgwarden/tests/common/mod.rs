@@ -169,6 +169,8 @@ pub struct TestCluster {
     pub repl_file: PathBuf,
     pub keepers: BTreeMap<String, KeeperInfo>,
     children: BTreeMap<String, Child>,
+    /// TLS and per-role etcd users, for [`TestCluster::secured`].
+    pub secure: Option<secure::Secure>,
 }
 
 impl TestCluster {
@@ -216,6 +218,7 @@ impl TestCluster {
             repl_file,
             keepers: BTreeMap::new(),
             children: BTreeMap::new(),
+            secure: None,
         }
     }
 
@@ -241,9 +244,23 @@ impl TestCluster {
         cmd
     }
 
+    /// [`TestCluster::command`] for one process (`ctl`, `sentinel`, a keeper
+    /// uid, a proxy id): on a secured cluster, with its own etcd identity.
+    pub fn role_command(&self, name: &str) -> Command {
+        let mut cmd = self.command();
+        if let Some(secure) = &self.secure {
+            cmd.envs(secure.env[name].iter().map(|(k, v)| (k, v)));
+        }
+        cmd
+    }
+
     /// Runs `pgwarden ctl ARGS` to completion.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        self.command().arg("ctl").args(args).output().unwrap()
+        self.role_command("ctl")
+            .arg("ctl")
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// `ctl` that must succeed; its standard output.
@@ -275,7 +292,7 @@ impl TestCluster {
 
     pub fn spawn_sentinel(&mut self, id: &str) {
         let log = self.path().join(format!("{id}.log"));
-        let mut cmd = self.command();
+        let mut cmd = self.role_command("sentinel");
         cmd.args(["sentinel", "--id", id]);
         let child = spawn_logged(cmd, &log, Some(self.run_as));
         self.children.insert(id.to_string(), child);
@@ -300,7 +317,7 @@ impl TestCluster {
     /// The keeper command line for a registered keeper.
     pub fn keeper_command(&self, uid: &str) -> Command {
         let k = &self.keepers[uid];
-        let mut cmd = self.command();
+        let mut cmd = self.role_command(uid);
         cmd.arg("keeper")
             .args(["--uid", uid, "--pg-listen-address", "127.0.0.1"])
             .args([
@@ -433,7 +450,7 @@ impl TestCluster {
 
     /// The command line of `pgwarden proxy` listening on 127.0.0.1.
     pub fn proxy_command(&self, id: &str, port: u16, read_only_port: u16) -> Command {
-        let mut cmd = self.command();
+        let mut cmd = self.role_command(id);
         cmd.args(["proxy", "--id", id, "--listen-address", "127.0.0.1"])
             .args(["--port", &port.to_string()])
             .args(["--read-only-port", &read_only_port.to_string()]);
@@ -771,3 +788,4 @@ fn split_labels(labels: &str) -> Vec<String> {
 }
 
 pub mod netns;
+pub mod secure;

@@ -40,6 +40,7 @@ pub fn fast_options() -> StoreOptions {
     StoreOptions {
         request_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_millis(500),
+        ..StoreOptions::default()
     }
 }
 

@@ -189,6 +189,7 @@ impl NsCluster {
             StoreOptions {
                 request_timeout: Duration::from_millis(500),
                 connect_timeout: Duration::from_millis(500),
+                ..StoreOptions::default()
             },
         )
         .unwrap()
