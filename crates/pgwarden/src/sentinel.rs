@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use pgwarden_core::{decide, keys, ClusterView, Spec};
+use pgwarden_core::{decide, keys, ClusterView, Decision, Spec};
 use pgwarden_store::{CasOutcome, Guard, LeaseKeeper, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -177,30 +177,60 @@ struct Alerts {
     wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum RoundOutcome {
     Done,
     Deposed,
 }
 
+/// One round: read, decide, write. Split in two ([`prepare`] and [`write`])
+/// so that the tests can move the store between the read and the write, as
+/// a racing sentinel or an operator does.
 async fn round(
     store: &Store,
     guard: &[Guard],
     last_good: &mut view::LastGood,
     alerts: &Alerts,
 ) -> anyhow::Result<RoundOutcome> {
+    match prepare(store, guard, last_good, alerts).await? {
+        Some(pending) => write(store, guard, pending, last_good).await,
+        None => Ok(RoundOutcome::Done),
+    }
+}
+
+/// A decision to write, and the status it was decided from.
+#[derive(Debug)]
+struct Pending {
+    decision: Decision,
+    /// The status key's mod revision when it was read: the write succeeds
+    /// only if nobody wrote the status since.
+    based_on_revision: i64,
+    /// The generation read, for the log line.
+    based_on_generation: u64,
+    /// The status read could not be used and is being rewritten.
+    rewrites_unreadable: bool,
+}
+
+/// Reads the cluster and decides; `None` when there is nothing to write.
+async fn prepare(
+    store: &Store,
+    guard: &[Guard],
+    last_good: &mut view::LastGood,
+    alerts: &Alerts,
+) -> anyhow::Result<Option<Pending>> {
     let mut snap = view::load(store).await.context("read the cluster")?;
     // A spec or status that cannot be used: decide from the last good copy
     // (logged once by patch), or wait when this sentinel has none.
     if !last_good.patch(&mut snap) {
-        return Ok(RoundOutcome::Done);
+        return Ok(None);
     }
     if snap.status_problem.as_ref().is_some_and(|p| p.newer) {
         // A newer pgwarden's status: never overwrite it with an older format.
-        return Ok(RoundOutcome::Done);
+        return Ok(None);
     }
     let Some(spec) = snap.spec else {
         tracing::debug!("cluster not initialised yet: run `pgwarden ctl init`");
-        return Ok(RoundOutcome::Done);
+        return Ok(None);
     };
     // Alerts are evaluated on what this round read; their failure never
     // holds up a decision.
@@ -234,13 +264,30 @@ async fn round(
     // An unparseable status is replaced by the decision made from the last
     // good copy, changed or not.
     if !decision.changed(&snap.status) && snap.status_problem.is_none() {
-        return Ok(RoundOutcome::Done);
+        return Ok(None);
     }
+    Ok(Some(Pending {
+        decision,
+        based_on_revision: snap.status_revision,
+        based_on_generation: snap.status.generation,
+        rewrites_unreadable: snap.status_problem.is_some(),
+    }))
+}
+
+/// Writes a decision with compare-and-swap on the status revision it was
+/// based on and on this sentinel's election key.
+async fn write(
+    store: &Store,
+    guard: &[Guard],
+    pending: Pending,
+    last_good: &mut view::LastGood,
+) -> anyhow::Result<RoundOutcome> {
+    let decision = pending.decision;
     match store
         .cas(
             keys::STATUS,
             decision.next.to_json(),
-            snap.status_revision,
+            pending.based_on_revision,
             guard,
             None,
         )
@@ -249,7 +296,7 @@ async fn round(
     {
         CasOutcome::Written { .. } => {
             last_good.wrote_status(&decision.next);
-            if snap.status_problem.is_some() {
+            if pending.rewrites_unreadable {
                 tracing::warn!(
                     "the unreadable cluster status was rewritten from the last good copy"
                 );
@@ -258,7 +305,7 @@ async fn round(
                 decision.reason,
                 pgwarden_core::Reason::HealthChanged | pgwarden_core::Reason::Unchanged
             );
-            if decision.next.generation != snap.status.generation || !quiet {
+            if decision.next.generation != pending.based_on_generation || !quiet {
                 tracing::info!(
                     generation = decision.next.generation,
                     primary = decision.next.primary.as_deref().unwrap_or("-"),
@@ -273,16 +320,31 @@ async fn round(
         CasOutcome::Conflict => {
             // Either the status moved (re-read next round) or our election key
             // is no longer the current one: find out which.
-            let still_leader = store
+            let leader = store
                 .get(keys::SENTINEL_LEADER)
                 .await
-                .context("read the election key")?
-                .is_some_and(|v| guard.iter().all(|g| matches!(g, Guard::CreateRevision { revision, .. } if *revision == v.create_revision)));
-            Ok(if still_leader {
-                RoundOutcome::Done
-            } else {
-                RoundOutcome::Deposed
-            })
+                .context("read the election key")?;
+            Ok(after_conflict(leader.map(|v| v.create_revision), guard))
         }
     }
 }
+
+/// What a lost compare-and-swap means, given the create revision of the
+/// election key now (`None`: nobody holds it): while the key is still the
+/// one this sentinel created, only the status moved and the next round
+/// re-reads it; otherwise this sentinel was deposed and must stop leading.
+fn after_conflict(leader_create_revision: Option<i64>, guard: &[Guard]) -> RoundOutcome {
+    let still_leader = leader_create_revision.is_some_and(|current| {
+        guard
+            .iter()
+            .all(|g| matches!(g, Guard::CreateRevision { revision, .. } if *revision == current))
+    });
+    if still_leader {
+        RoundOutcome::Done
+    } else {
+        RoundOutcome::Deposed
+    }
+}
+
+#[cfg(test)]
+mod tests;
