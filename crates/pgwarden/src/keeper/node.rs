@@ -510,12 +510,26 @@ impl Node {
     }
 
     fn hba(&self, spec: &Spec) -> String {
-        pgwarden_pg::render_pg_hba_ssl(
+        use pgwarden_pg::HbaTls;
+        let tls = match (self.cfg.pg_ssl.is_some(), spec.pg_require_ssl) {
+            (true, true) => HbaTls::All,
+            (true, false) => HbaTls::Replication,
+            // pg_require_ssl without TLS files: see `require_ssl_unmet`.
+            (false, _) => HbaTls::Off,
+        };
+        pgwarden_pg::render_pg_hba_tls(
             &spec.pg_hba,
             &self.cfg.su_username,
             &self.cfg.repl_username,
-            self.cfg.pg_ssl.is_some(),
+            tls,
         )
+    }
+
+    /// The spec asks for TLS-only clients, but this keeper has no TLS files:
+    /// postgres runs without TLS, so `hostssl` lines would stop it from
+    /// starting. The node stays available with `host` lines and says why.
+    fn require_ssl_unmet(&self, spec: &Spec) -> bool {
+        spec.pg_require_ssl && self.cfg.pg_ssl.is_none()
     }
 
     fn config_matches(
