@@ -17,6 +17,7 @@ pub mod ops;
 pub mod postmaster;
 pub mod probe;
 pub mod render;
+pub mod tls;
 
 pub use auto_conf::reset_managed_auto_conf;
 pub use bins::{PgBins, RunAs};
@@ -31,3 +32,4 @@ pub use render::{
     render_postgresql_conf, slot_name, strip_managed_auto_conf, ConnTls, HbaTls, PgConf,
     StandbyConf, MANAGED_PARAMETERS,
 };
+pub use tls::{PgTls, PgTlsError};

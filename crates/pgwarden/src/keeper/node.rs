@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
 
 pub struct Node {
     local: watch::Sender<Option<LocalState>>,
+    /// TLS of the keeper's own connections (`--pg-ssl-ca-file`), if any.
+    pg_tls: Option<pgwarden_pg::PgTls>,
     /// Kills postgres if this process cannot (frozen).
     watchdog: Watchdog,
     /// The last node request (restart, reinit) carried out.
@@ -127,11 +129,13 @@ impl Node {
         cfg: KeeperConfig,
         store: Store,
         bins: PgBins,
+        pg_tls: Option<pgwarden_pg::PgTls>,
         local: watch::Sender<Option<LocalState>>,
     ) -> Self {
         Node {
             watchdog,
             local,
+            pg_tls,
             handled_node_request: 0,
             checked_parameters: None,
             rejected_parameters: None,
@@ -440,6 +444,7 @@ impl Node {
             password: self.cfg.su_password.clone(),
             dbname: "postgres".into(),
             connect_timeout: Duration::from_secs(2),
+            tls: self.pg_tls.clone(),
         }
     }
 
