@@ -190,6 +190,79 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::PrivateKeyDer;
+    use tokio_rustls::rustls::ServerConfig;
+
+    /// A CA `ca.pem`, a server certificate it signed for localhost and
+    /// 127.0.0.1 (`server.pem`, `server-key.pem`), and an unrelated CA
+    /// `other.pem`, made by the openssl CLI.
+    fn pki(dir: &Path) {
+        let script = r#"set -e
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+openssl req -x509 $ec -days 2 -subj /CN=ca -keyout ca-key.pem -out ca.pem
+openssl req -x509 $ec -days 2 -subj /CN=other -keyout other-key.pem -out other.pem
+openssl req $ec -subj /CN=db -keyout server-key.pem -out server.csr
+printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile server.ext -out server.pem
+"#;
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One handshake over an in-memory pipe: the client checks the server
+    /// against `ca` under the name `host`.
+    async fn handshake(dir: &Path, ca: &str, host: &str) -> io::Result<()> {
+        let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.join("server-key.pem")).unwrap();
+        let server =
+            ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let mut tls = PgTls::from_ca_file(&dir.join(ca)).unwrap();
+        let connect = MakeTlsConnect::<tokio::io::DuplexStream>::make_tls_connect(&mut tls, host)?;
+        let (client, _server) = tokio::join!(
+            TlsConnect::connect(connect, client_io),
+            acceptor.accept(server_io)
+        );
+        client.map(drop)
+    }
+
+    #[tokio::test]
+    async fn verify_full_checks_the_chain_and_the_host_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        pki(tmp.path());
+        let dir = tmp.path();
+        handshake(dir, "ca.pem", "localhost").await.unwrap();
+        handshake(dir, "ca.pem", "127.0.0.1").await.unwrap();
+        let wrong_name = handshake(dir, "ca.pem", "db.example").await.unwrap_err();
+        assert!(
+            wrong_name.to_string().contains("not valid for name"),
+            "{wrong_name}"
+        );
+        let wrong_ip = handshake(dir, "ca.pem", "127.0.0.2").await.unwrap_err();
+        assert!(
+            wrong_ip.to_string().contains("not valid for name"),
+            "{wrong_ip}"
+        );
+        let wrong_ca = handshake(dir, "other.pem", "localhost").await.unwrap_err();
+        assert!(wrong_ca.to_string().contains("UnknownIssuer"), "{wrong_ca}");
+    }
 
     #[test]
     fn a_file_without_certificates_is_named() {
