@@ -409,6 +409,24 @@ async fn a_cluster_of_minimal_roles_over_tls_fails_over() {
     assert_eq!(status["primary"], new_primary.as_str());
     // Clients follow through the proxy, still verify-full.
     wait_psql_tls(&ca, proxy_port).await;
+
+    // Spec pg_require_ssl: a client in clear is refused, while the keepers
+    // (their own sessions over TLS) and TLS clients carry on.
+    c.ctl_ok(&["spec", "set", "pg_require_ssl=true"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match common::connect(c.port_of(&new_primary)).await {
+            Err(e) if format!("{e:?}").contains("no encryption") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "a plaintext client is still let in: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = c.wait_converged(1, Duration::from_secs(60)).await;
+    assert_eq!(status["primary"], new_primary.as_str());
+    wait_psql_tls(&ca, proxy_port).await;
 }
 
 /// The same failover without TLS or auth, for the figure in the report.
