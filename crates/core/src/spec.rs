@@ -114,6 +114,12 @@ pub struct Spec {
     /// Accept `trust` (no password at all) in pg_hba lines. Off by default:
     /// one such line opens the database to anyone who can reach it.
     pub pg_hba_allow_trust: bool,
+    /// Accept TCP client connections only over TLS: pgwarden's own pg_hba
+    /// lines become `hostssl` for clients too, not only for replication.
+    /// Needs the `--pg-ssl-*` flags on every keeper; one without them keeps
+    /// `host` lines (postgres without TLS cannot load `hostssl` lines, so it
+    /// would not start) and logs an error each time it writes pg_hba.conf.
+    pub pg_require_ssl: bool,
     /// The operator's latest switchover or manual failover request; the
     /// sentinel carries out each id once (status.handled_request).
     pub request: Option<RoleRequest>,
@@ -189,6 +195,7 @@ impl Default for Spec {
             pg_parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             pg_hba_allow_trust: false,
+            pg_require_ssl: false,
             request: None,
             node_requests: BTreeMap::new(),
             alert_receivers: Vec::new(),
@@ -571,6 +578,17 @@ mod tests {
             let err = Spec::from_toml(&format!("[pg_parameters]\n{name} = 'x'\n")).unwrap_err();
             assert_eq!(err, SpecError::ManagedParameter(name.to_string()), "{name}");
         }
+    }
+
+    #[test]
+    fn pg_require_ssl_is_off_unless_asked_for() {
+        assert!(!Spec::from_toml("").unwrap().pg_require_ssl);
+        assert!(
+            Spec::from_toml("pg_require_ssl = true\n")
+                .unwrap()
+                .pg_require_ssl
+        );
+        assert!(Spec::from_toml("pg_require_ssl = 'yes'\n").is_err());
     }
 
     #[test]

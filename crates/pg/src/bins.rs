@@ -74,7 +74,10 @@ impl PgBins {
     /// output is parsed and its errors are logged).
     pub(crate) fn command(&self, tool: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(self.path(tool));
+        // A `PGPASSWORD` the keeper inherited would beat the passfile and
+        // show in the child's environment.
         cmd.env("LC_ALL", "C")
+            .env_remove("PGPASSWORD")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         if let Some(RunAs { uid, gid }) = self.run_as {

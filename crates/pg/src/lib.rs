@@ -17,6 +17,7 @@ pub mod ops;
 pub mod postmaster;
 pub mod probe;
 pub mod render;
+pub mod tls;
 
 pub use auto_conf::reset_managed_auto_conf;
 pub use bins::{PgBins, RunAs};
@@ -27,7 +28,8 @@ pub use ops::{basebackup, controldata, initdb, rewind, set_standby_signal, write
 pub use postmaster::{running_postmaster_pid, ExitInfo, Postmaster};
 pub use probe::{ConnParams, PgClient, PgStatus, ReplicationPeer};
 pub use render::{
-    primary_conninfo, primary_conninfo_tls, render_pg_hba, render_pg_hba_ssl,
-    render_postgresql_conf, slot_name, strip_managed_auto_conf, ConnTls, PgConf, StandbyConf,
-    MANAGED_PARAMETERS,
+    primary_conninfo, primary_conninfo_tls, render_pg_hba, render_pg_hba_ssl, render_pg_hba_tls,
+    render_postgresql_conf, slot_name, strip_managed_auto_conf, ConnTls, HbaTls, PgConf,
+    StandbyConf, MANAGED_PARAMETERS,
 };
+pub use tls::{PgTls, PgTlsError};

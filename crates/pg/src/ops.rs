@@ -3,8 +3,10 @@
 //!
 //! Each program runs to completion as a child; a failure carries the program's
 //! name, exit status and the end of its stderr, which is what an operator needs
-//! to see in the keeper's log. Passwords reach programs through `PGPASSWORD` in
-//! the child's environment, never argv (which any local user can read in `ps`).
+//! to see in the keeper's log. Passwords reach programs through a passfile
+//! (`PGPASSFILE`, mode 0600, removed when the program ends), never argv or the
+//! environment: any local user can read argv in `ps`, and on some systems the
+//! environment too (libpq's own documentation discourages `PGPASSWORD`).
 //! Dropping one of these futures kills the program.
 
 use std::io::Write as _;
@@ -21,17 +23,31 @@ const STDERR_TAIL_LINES: usize = 10;
 const CONNECT_TIMEOUT_SECS: &str = "10";
 
 /// Runs `tool` to completion; returns its stdout, or an error with the end of its stderr.
+///
+/// With a `password`, the tool finds it in a passfile that lives as long as
+/// this call.
 async fn run_tool(
     bins: &PgBins,
     tool: &str,
     args: &[&std::ffi::OsStr],
     env: &[(&str, &str)],
+    password: Option<&str>,
 ) -> Result<String, PgError> {
     let mut cmd = bins.command(tool);
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // Bound to this scope: the file is removed when the tool has ended (or
+    // when this future is dropped, which kills the tool).
+    let _passfile = match password {
+        Some(password) => {
+            let file = write_passfile(bins, password)?;
+            cmd.env("PGPASSFILE", file.path());
+            Some(file)
+        }
+        None => None,
+    };
     tracing::debug!(tool, ?args, "run postgres program");
     let output = cmd.output().await.map_err(|source| PgError::Spawn {
         tool: tool.to_string(),
@@ -48,6 +64,32 @@ async fn run_tool(
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// A passfile matching every host, port, database and user with `password`,
+/// mode 0600 and owned by the user the tool runs as: libpq ignores a passfile
+/// that others may read.
+fn write_passfile(bins: &PgBins, password: &str) -> Result<tempfile::NamedTempFile, PgError> {
+    let dir = std::env::temp_dir();
+    let mut file = tempfile::Builder::new()
+        .prefix("pgwarden-pgpass-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(&dir)
+        .map_err(|e| PgError::io("create a passfile in", &dir, e))?;
+    let line = format!("*:*:*:*:{}\n", passfile_escape(password));
+    file.write_all(line.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| PgError::io("write", file.path(), e))?;
+    if let Some(run_as) = bins.run_as {
+        std::os::unix::fs::chown(file.path(), Some(run_as.uid), Some(run_as.gid))
+            .map_err(|e| PgError::io("hand over", file.path(), e))?;
+    }
+    Ok(file)
+}
+
+/// Escapes `\` and `:`, the two characters a passfile field cannot hold bare.
+fn passfile_escape(field: &str) -> String {
+    field.replace('\\', "\\\\").replace(':', "\\:")
+}
+
 /// The last `n` non-empty lines of `text`, joined by " | " so they fit one log line.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -61,6 +103,7 @@ pub async fn controldata(bins: &PgBins, data_dir: &Path) -> Result<ControlData, 
         "pg_controldata",
         &["-D".as_ref(), data_dir.as_os_str()],
         &[],
+        None,
     )
     .await?;
     parse_controldata(&out)
@@ -88,7 +131,7 @@ pub async fn initdb(
         "--locale=C".as_ref(),
         "--no-instructions".as_ref(),
     ];
-    run_tool(bins, "initdb", &args, &[]).await?;
+    run_tool(bins, "initdb", &args, &[], None).await?;
     Ok(())
 }
 
@@ -129,11 +172,8 @@ pub async fn basebackup(
         repl_user.as_ref(),
         "-w".as_ref(),
     ];
-    let env = [
-        ("PGPASSWORD", repl_password),
-        ("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS),
-    ];
-    let result = run_tool(bins, "pg_basebackup", &args, &env).await;
+    let env = [("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS)];
+    let result = run_tool(bins, "pg_basebackup", &args, &env, Some(repl_password)).await;
     if result.is_err() {
         // pg_basebackup cleans up after itself too, unless it was killed.
         if let Err(e) = remove_backup_leftovers(data_dir, created) {
@@ -180,11 +220,10 @@ pub async fn rewind(
         "--source-server".as_ref(),
         source_conninfo.as_ref(),
     ];
-    let env = [
-        ("PGPASSWORD", su_password),
-        ("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS),
-    ];
-    run_tool(bins, "pg_rewind", &args, &env).await.map(drop)
+    let env = [("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_SECS)];
+    run_tool(bins, "pg_rewind", &args, &env, Some(su_password))
+        .await
+        .map(drop)
 }
 
 /// Replaces `path` with `contents` so that a crash leaves the old file or the
@@ -247,6 +286,40 @@ mod tests {
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail("a\n\nb\nc\n", 2), "b | c");
         assert_eq!(tail("", 3), "");
+    }
+
+    /// The password reaches a tool through a 0600 passfile that is gone once
+    /// the tool has ended, and never through `PGPASSWORD`.
+    #[test]
+    fn tools_get_the_password_in_a_private_passfile() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let tool = tmp.path().join("fake_tool");
+        std::fs::write(
+            &tool,
+            "#!/bin/sh\necho \"pgpassword=${PGPASSWORD-unset}\"\necho \"passfile=$PGPASSFILE\"\n\
+             echo \"mode=$(stat -c %a \"$PGPASSFILE\")\"\ncat \"$PGPASSFILE\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bins = PgBins {
+            dir: tmp.path().to_path_buf(),
+            run_as: None,
+            libpq_env: Vec::new(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt
+            .block_on(run_tool(&bins, "fake_tool", &[], &[], Some("s3:cr\\et")))
+            .unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "pgpassword=unset", "{out}");
+        let passfile = lines[1].strip_prefix("passfile=").unwrap();
+        assert_eq!(lines[2], "mode=600", "{out}");
+        assert_eq!(lines[3], "*:*:*:*:s3\\:cr\\\\et", "{out}");
+        assert!(!Path::new(passfile).exists(), "{passfile} left behind");
     }
 
     #[test]

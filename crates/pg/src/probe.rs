@@ -16,7 +16,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, SimpleQueryMessage};
 
 use crate::render::parse_conninfo;
-use crate::PgError;
+use crate::{PgError, PgTls};
 
 /// How to reach postgres as the superuser.
 #[derive(Clone, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub struct ConnParams {
     pub dbname: String,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// TLS with verify-full (the keeper's `--pg-ssl-*` flags); `None`
+    /// connects without TLS.
+    pub tls: Option<PgTls>,
 }
 
 impl fmt::Debug for ConnParams {
@@ -44,6 +47,7 @@ impl fmt::Debug for ConnParams {
             .field("password", &"<redacted>")
             .field("dbname", &self.dbname)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -120,9 +124,22 @@ SELECT pg_is_in_recovery(),
        (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int4) FROM pg_ls_waldir()
          WHERE name ~ '^[0-9A-F]{8}[.]history$')";
 
+/// Runs a connection's IO until it ends.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "postgres connection ended");
+    }
+}
+
 impl PgClient {
-    /// Connects without TLS as `application_name` "pgwarden" and drives the
-    /// connection on a spawned task (so this needs a tokio runtime).
+    /// Connects as `application_name` "pgwarden" and drives the connection on
+    /// a spawned task (so this needs a tokio runtime). With `p.tls`, the
+    /// server must speak TLS and prove its name (`sslmode=verify-full`);
+    /// without, no TLS at all.
     pub async fn connect(p: &ConnParams) -> Result<PgClient, PgError> {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&p.host)
@@ -139,15 +156,25 @@ impl PgClient {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3);
-        let (client, connection) = cfg
-            .connect(NoTls)
-            .await
-            .map_err(PgError::sql("connect to postgres"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection ended");
+        let client = match &p.tls {
+            Some(tls) => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) = cfg
+                    .connect(tls.clone())
+                    .await
+                    .map_err(PgError::sql("connect to postgres over TLS"))?;
+                tokio::spawn(drive(connection));
+                client
             }
-        });
+            None => {
+                let (client, connection) = cfg
+                    .connect(NoTls)
+                    .await
+                    .map_err(PgError::sql("connect to postgres"))?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
         Ok(PgClient { client })
     }
 
@@ -514,6 +541,7 @@ mod tests {
             password: "hunter2".into(),
             dbname: "postgres".into(),
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         };
         assert!(!format!("{p:?}").contains("hunter2"));
     }

@@ -191,6 +191,34 @@ pub fn render_pg_hba_ssl(
     repl_user: &str,
     replication_ssl: bool,
 ) -> String {
+    let tls = if replication_ssl {
+        HbaTls::Replication
+    } else {
+        HbaTls::Off
+    };
+    render_pg_hba_tls(extra_entries, superuser, repl_user, tls)
+}
+
+/// Which of pgwarden's own pg_hba lines accept only TLS connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HbaTls {
+    /// `host` everywhere: TLS is allowed, not required (postgres TLS off).
+    Off,
+    /// `hostssl` for replication, `host` for clients (postgres TLS on).
+    Replication,
+    /// `hostssl` for replication and clients (spec `pg_require_ssl`).
+    All,
+}
+
+/// [`render_pg_hba`] with the `hostssl` lines `tls` asks for. Local (unix
+/// socket) connections cannot use TLS and keep their `local` line; the
+/// operator's entries are written as given.
+pub fn render_pg_hba_tls(
+    extra_entries: &[String],
+    superuser: &str,
+    repl_user: &str,
+    tls: HbaTls,
+) -> String {
     let mut out = String::from(
         "# Managed by pgwarden: this file is rewritten on every change, edits are lost.\n\
          # Add entries through the cluster spec instead.\n\
@@ -210,11 +238,18 @@ pub fn render_pg_hba_ssl(
     }
     out.push('\n');
     let repl = hba_quote(repl_user);
-    let kind = if replication_ssl { "hostssl" } else { "host" };
-    let _ = writeln!(out, "{kind} replication {repl} 0.0.0.0/0 scram-sha-256");
-    let _ = writeln!(out, "{kind} replication {repl} ::/0 scram-sha-256");
-    out.push_str("host all all 0.0.0.0/0 scram-sha-256\n");
-    out.push_str("host all all ::/0 scram-sha-256\n");
+    let (repl_kind, client_kind) = match tls {
+        HbaTls::Off => ("host", "host"),
+        HbaTls::Replication => ("hostssl", "host"),
+        HbaTls::All => ("hostssl", "hostssl"),
+    };
+    let _ = writeln!(
+        out,
+        "{repl_kind} replication {repl} 0.0.0.0/0 scram-sha-256"
+    );
+    let _ = writeln!(out, "{repl_kind} replication {repl} ::/0 scram-sha-256");
+    let _ = writeln!(out, "{client_kind} all all 0.0.0.0/0 scram-sha-256");
+    let _ = writeln!(out, "{client_kind} all all ::/0 scram-sha-256");
     out
 }
 
@@ -515,6 +550,21 @@ mod tests {
             primary_slot_name: "pgwarden_a".into(),
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn require_ssl_makes_every_tcp_line_hostssl() {
+        let hba = render_pg_hba_tls(&[], "postgres", "repl", HbaTls::All);
+        let tcp: Vec<&str> = hba
+            .lines()
+            .filter(|l| l.contains("0.0.0.0/0") || l.contains("::/0"))
+            .collect();
+        assert_eq!(tcp.len(), 4, "{hba}");
+        assert!(tcp.iter().all(|l| l.starts_with("hostssl ")), "{hba}");
+        assert!(hba.contains("\nlocal all all scram-sha-256\n"), "{hba}");
+        let repl_only = render_pg_hba_tls(&[], "postgres", "repl", HbaTls::Replication);
+        assert!(repl_only.contains("\nhost all all 0.0.0.0/0 scram-sha-256\n"));
+        assert_eq!(repl_only, render_pg_hba_ssl(&[], "postgres", "repl", true));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use pgwarden_pg::{
-    primary_conninfo, render_pg_hba, render_postgresql_conf, slot_name, PgConf, StandbyConf,
+    primary_conninfo, render_pg_hba, render_pg_hba_tls, render_postgresql_conf, slot_name, HbaTls,
+    PgConf, StandbyConf,
 };
 
 fn check(name: &str, actual: &str) {
@@ -92,6 +93,17 @@ fn pg_hba_conf() {
     check(
         "pg_hba.conf",
         &render_pg_hba(&extra, "postgres", "replicator"),
+    );
+}
+
+/// Spec `pg_require_ssl`: every TCP line of pgwarden's is `hostssl`, the
+/// operator's lines and the unix socket line stay as they are.
+#[test]
+fn pg_hba_conf_require_ssl() {
+    let extra = vec!["host all all 192.0.2.0/24 reject".to_string()];
+    check(
+        "pg_hba.require_ssl.conf",
+        &render_pg_hba_tls(&extra, "postgres", "replicator", HbaTls::All),
     );
 }
 

@@ -120,6 +120,7 @@ fn conn_params(port: u16) -> ConnParams {
         password: SU_PASSWORD.into(),
         dbname: "postgres".into(),
         connect_timeout: Duration::from_secs(2),
+        tls: None,
     }
 }
 

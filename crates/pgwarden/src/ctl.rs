@@ -676,6 +676,8 @@ mod tests {
         set_field(&mut spec, "pg_parameters.work_mem=64MB").unwrap();
         set_field(&mut spec, "pg_parameters.max_connections=200").unwrap();
         set_field(&mut spec, "primary_lease_ttl=5s").unwrap();
+        set_field(&mut spec, "pg_require_ssl=true").unwrap();
+        assert!(spec.pg_require_ssl);
         assert_eq!(spec.max_lag_bytes, 1024);
         assert!(spec.paused);
         assert_eq!(spec.pg_parameters["work_mem"], "64MB");

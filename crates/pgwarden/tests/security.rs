@@ -340,6 +340,34 @@ async fn a_cluster_of_minimal_roles_over_tls_fails_over() {
         assert!(Instant::now() < deadline, "walsenders over TLS: {ssl:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The keepers' own sessions (probes, the divergence check) use TLS too:
+    // every session named "pgwarden" on the primary, and there is at least
+    // its own keeper's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let own = common::query_strings(
+            c.port_of(&primary),
+            "SELECT count(*) FILTER (WHERE s.ssl) || '/' || count(*) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'pgwarden'",
+        )
+        .await;
+        let all_ssl = own
+            .as_deref()
+            .ok()
+            .and_then(|v| v.first())
+            .is_some_and(|v| {
+                v.split_once('/')
+                    .is_some_and(|(ssl, all)| ssl == all && all != "0")
+            });
+        if all_ssl {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keeper sessions over TLS (ssl/all): {own:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let ca = secure_ca(&c);
     wait_psql_tls(&ca, proxy_port).await;
 
@@ -380,6 +408,24 @@ async fn a_cluster_of_minimal_roles_over_tls_fails_over() {
     let status = c.wait_converged(1, Duration::from_secs(60)).await;
     assert_eq!(status["primary"], new_primary.as_str());
     // Clients follow through the proxy, still verify-full.
+    wait_psql_tls(&ca, proxy_port).await;
+
+    // Spec pg_require_ssl: a client in clear is refused, while the keepers
+    // (their own sessions over TLS) and TLS clients carry on.
+    c.ctl_ok(&["spec", "set", "pg_require_ssl=true"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match common::connect(c.port_of(&new_primary)).await {
+            Err(e) if format!("{e:?}").contains("no encryption") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "a plaintext client is still let in: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = c.wait_converged(1, Duration::from_secs(60)).await;
+    assert_eq!(status["primary"], new_primary.as_str());
     wait_psql_tls(&ca, proxy_port).await;
 }
 

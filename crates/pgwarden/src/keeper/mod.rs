@@ -46,6 +46,12 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
             ("PGSSLKEY".into(), path(&ssl.key_file)),
         ];
     }
+    // The keeper's own connections (probes, the divergence check): the same
+    // verify-full as libpq's, read once so that a bad CA file stops us here.
+    let pg_tls = match &cfg.pg_ssl {
+        Some(ssl) => Some(pgwarden_pg::PgTls::from_ca_file(&ssl.ca_file)?),
+        None => None,
+    };
     preflight(&cfg).await?;
     let api_security = crate::api::ApiSecurity {
         tls: match &cfg.api_tls {
@@ -91,7 +97,7 @@ pub async fn run(args: KeeperArgs, cancel: CancellationToken) -> anyhow::Result<
     let watchdog =
         watchdog::Watchdog::start(&cfg.data_dir).context("start the fencing watchdog")?;
     crate::notify::ready();
-    let result = Node::new(watchdog, cfg, store, bins, local)
+    let result = Node::new(watchdog, cfg, store, bins, pg_tls, local)
         .run(cancel.clone())
         .instrument(span)
         .await;

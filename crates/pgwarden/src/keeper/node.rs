@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_SLOT_WAL_KEEP_SIZE: &str = "8GB";
 
 pub struct Node {
     local: watch::Sender<Option<LocalState>>,
+    /// TLS of the keeper's own connections (`--pg-ssl-ca-file`), if any.
+    pg_tls: Option<pgwarden_pg::PgTls>,
     /// Kills postgres if this process cannot (frozen).
     watchdog: Watchdog,
     /// The last node request (restart, reinit) carried out.
@@ -127,11 +129,13 @@ impl Node {
         cfg: KeeperConfig,
         store: Store,
         bins: PgBins,
+        pg_tls: Option<pgwarden_pg::PgTls>,
         local: watch::Sender<Option<LocalState>>,
     ) -> Self {
         Node {
             watchdog,
             local,
+            pg_tls,
             handled_node_request: 0,
             checked_parameters: None,
             rejected_parameters: None,
@@ -440,6 +444,7 @@ impl Node {
             password: self.cfg.su_password.clone(),
             dbname: "postgres".into(),
             connect_timeout: Duration::from_secs(2),
+            tls: self.pg_tls.clone(),
         }
     }
 
@@ -510,12 +515,26 @@ impl Node {
     }
 
     fn hba(&self, spec: &Spec) -> String {
-        pgwarden_pg::render_pg_hba_ssl(
+        use pgwarden_pg::HbaTls;
+        let tls = match (self.cfg.pg_ssl.is_some(), spec.pg_require_ssl) {
+            (true, true) => HbaTls::All,
+            (true, false) => HbaTls::Replication,
+            // pg_require_ssl without TLS files: see `require_ssl_unmet`.
+            (false, _) => HbaTls::Off,
+        };
+        pgwarden_pg::render_pg_hba_tls(
             &spec.pg_hba,
             &self.cfg.su_username,
             &self.cfg.repl_username,
-            self.cfg.pg_ssl.is_some(),
+            tls,
         )
+    }
+
+    /// The spec asks for TLS-only clients, but this keeper has no TLS files:
+    /// postgres runs without TLS, so `hostssl` lines would stop it from
+    /// starting. The node stays available with `host` lines and says why.
+    fn require_ssl_unmet(&self, spec: &Spec) -> bool {
+        spec.pg_require_ssl && self.cfg.pg_ssl.is_none()
     }
 
     fn config_matches(

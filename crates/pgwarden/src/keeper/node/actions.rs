@@ -53,6 +53,9 @@ impl Node {
                 let conf = pgwarden_pg::render_postgresql_conf(&self.pg_conf(spec, assignment));
                 pgwarden_pg::write_file_atomic(&dir.join("postgresql.conf"), &conf, 0o600)?;
                 pgwarden_pg::write_file_atomic(&dir.join("pg_hba.conf"), &self.hba(spec), 0o600)?;
+                if self.require_ssl_unmet(spec) {
+                    tracing::error!("spec pg_require_ssl = true, but this keeper has no --pg-ssl-cert-file/--pg-ssl-key-file/--pg-ssl-ca-file: postgres runs without TLS and still accepts clients in clear; restart this keeper with the three flags");
+                }
                 clean_auto_conf(&dir)?;
                 if standby {
                     pgwarden_pg::set_standby_signal(&dir, true)?;
