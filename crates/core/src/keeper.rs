@@ -66,6 +66,31 @@ pub struct Tick<'a> {
     pub node_request: Option<NodeRequest>,
     /// How long until the next tick without an event, in milliseconds.
     pub period_ms: u64,
+    /// Re-clone this tick because the upstream no longer has our WAL (see
+    /// [`Tick::reclone_for_lost_wal`]).
+    lost_wal: bool,
+}
+
+/// How many times the walreceiver must hear "requested WAL segment ... has
+/// already been removed" before the standby re-clones. One answer is the
+/// primary's word already; the second (postgres retries every
+/// `wal_retrieve_retry_interval`, 5 s) rules out a reply from a primary
+/// that is itself about to be replaced.
+pub const LOST_WAL_REPORTS: u32 = 2;
+
+/// Whether a standby must be re-cloned because the WAL it needs is gone from
+/// its upstream (its slot was dropped while it was away, and the primary
+/// recycled the segments): streaming can never catch up, so without this a
+/// human would have to run `ctl reinit`. Only a standby that follows the
+/// current primary: mid-failover the answer may come from a dying upstream.
+pub fn lost_wal_reclone(
+    assignment: Option<&Assignment>,
+    upstream_is_primary: bool,
+    wal_gone_reports: u32,
+) -> bool {
+    matches!(assignment, Some(Assignment::Standby { .. }))
+        && upstream_is_primary
+        && wal_gone_reports >= LOST_WAL_REPORTS
 }
 
 /// One round's observation of postgres.
@@ -132,7 +157,30 @@ impl<'a> Tick<'a> {
             } else {
                 LOOP_MS
             },
+            lost_wal: false,
         })
+    }
+
+    /// Asks for a re-clone this tick when [`lost_wal_reclone`] says so, given
+    /// how often the running postgres heard its WAL is gone; returns whether
+    /// it did. An operator's request still goes first.
+    pub fn reclone_for_lost_wal(&mut self, wal_gone_reports: u32) -> bool {
+        self.lost_wal = self.node_request.is_none()
+            && lost_wal_reclone(
+                self.assignment,
+                self.upstream_is_primary(),
+                wal_gone_reports,
+            );
+        self.lost_wal
+    }
+
+    fn upstream_is_primary(&self) -> bool {
+        match self.assignment {
+            Some(Assignment::Standby { follow, .. }) => {
+                self.status.primary.as_deref() == Some(follow.as_str())
+            }
+            _ => true,
+        }
     }
 
     /// The status assigns this node the primary role.
@@ -153,13 +201,11 @@ impl<'a> Tick<'a> {
             cluster_system_id: self.status.system_id,
             wanted_slots: self.wanted_slots.clone(),
             holds_primary_lease,
-            upstream_is_primary: match self.assignment {
-                Some(Assignment::Standby { follow, .. }) => {
-                    self.status.primary.as_deref() == Some(follow.as_str())
-                }
-                _ => true,
-            },
-            node_request: self.node_request.map(|r| r.action),
+            upstream_is_primary: self.upstream_is_primary(),
+            node_request: self
+                .node_request
+                .map(|r| r.action)
+                .or(self.lost_wal.then_some(NodeAction::Reinit)),
             reclone_on_rewind_failure: self.spec.reclone_on_rewind_failure,
         }
     }
@@ -193,6 +239,9 @@ impl<'a> Tick<'a> {
     /// completes, if any (a restart by its start, a re-clone by its base
     /// backup). The request is not planned again this tick.
     pub fn carried_out(&mut self, done: &PgAction) -> Option<NodeRequest> {
+        if matches!(done, PgAction::BaseBackup { .. }) {
+            self.lost_wal = false;
+        }
         let request = self.node_request?;
         let completes = matches!(
             (request.action, done),

@@ -21,6 +21,7 @@ use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -68,6 +69,8 @@ pub struct Postmaster {
     /// True once the child has been reaped and its pid may belong to someone else.
     reaped: Arc<Mutex<bool>>,
     exit: watch::Receiver<Option<ExitInfo>>,
+    /// How many times its walreceiver was told the WAL it asked for is gone.
+    wal_gone: Arc<AtomicU32>,
 }
 
 impl Postmaster {
@@ -115,6 +118,8 @@ impl Postmaster {
         let (exit_tx, exit_rx) = watch::channel(None);
         let reaped = Arc::new(Mutex::new(false));
         let waiter_reaped = Arc::clone(&reaped);
+        let wal_gone = Arc::new(AtomicU32::new(0));
+        let relay_wal_gone = Arc::clone(&wal_gone);
         std::thread::Builder::new()
             .name("postmaster".into())
             .spawn(move || {
@@ -127,7 +132,7 @@ impl Postmaster {
                 };
                 let pid = child.id();
                 let _ = started_tx.send(Ok(pid));
-                start_relays(&mut child, pid, log);
+                start_relays(&mut child, pid, log, &relay_wal_gone);
                 let info = wait_for_exit(&mut child, &waiter_reaped);
                 exit_tx.send_replace(Some(info));
             })
@@ -146,7 +151,15 @@ impl Postmaster {
             data_dir: data_dir.to_path_buf(),
             reaped,
             exit: exit_rx,
+            wal_gone,
         })
+    }
+
+    /// How many times this postmaster's walreceiver was told by its upstream
+    /// that the WAL it needs has been removed ("requested WAL segment ... has
+    /// already been removed"): it cannot catch up by streaming.
+    pub fn wal_gone_reports(&self) -> u32 {
+        self.wal_gone.load(Ordering::Relaxed)
     }
 
     /// The postmaster's process id.
@@ -298,7 +311,7 @@ fn wait_for_exit(child: &mut Child, reaped: &Mutex<bool>) -> ExitInfo {
 
 type SharedLog = Option<Arc<Mutex<File>>>;
 
-fn start_relays(child: &mut Child, pid: u32, log: SharedLog) {
+fn start_relays(child: &mut Child, pid: u32, log: SharedLog, wal_gone: &Arc<AtomicU32>) {
     let pipes: [(&str, Option<Box<dyn Read + Send>>); 2] = [
         ("stdout", child.stdout.take().map(|p| Box::new(p) as _)),
         ("stderr", child.stderr.take().map(|p| Box::new(p) as _)),
@@ -306,9 +319,10 @@ fn start_relays(child: &mut Child, pid: u32, log: SharedLog) {
     for (name, pipe) in pipes {
         let Some(pipe) = pipe else { continue };
         let log = log.clone();
+        let wal_gone = Arc::clone(wal_gone);
         let started = std::thread::Builder::new()
             .name(format!("postgres-{name}"))
-            .spawn(move || relay(pipe, pid, log));
+            .spawn(move || relay(pipe, pid, log, &wal_gone));
         if let Err(e) = started {
             // postgres ignores write errors on a closed pipe; only its log is lost.
             tracing::warn!(pid, error = %e, "cannot relay postgres {name}");
@@ -348,7 +362,13 @@ fn classify(line: &str, previous: Severity) -> Severity {
         .map_or(previous, |(_, severity)| severity.unwrap_or(previous))
 }
 
-fn relay(pipe: impl Read, pid: u32, log: SharedLog) {
+/// Whether a postgres log line is the walreceiver hearing that its upstream
+/// removed the WAL it asked for.
+fn says_wal_gone(line: &str) -> bool {
+    line.contains("requested WAL segment") && line.contains("has already been removed")
+}
+
+fn relay(pipe: impl Read, pid: u32, log: SharedLog, wal_gone: &AtomicU32) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     let mut severity = Severity::Info;
@@ -367,6 +387,9 @@ fn relay(pipe: impl Read, pid: u32, log: SharedLog) {
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
         severity = classify(line, severity);
+        if says_wal_gone(line) {
+            wal_gone.fetch_add(1, Ordering::Relaxed);
+        }
         match severity {
             Severity::Info => tracing::info!(target: "postgres", pid, "{line}"),
             Severity::Warn => tracing::warn!(target: "postgres", pid, "{line}"),
@@ -419,6 +442,14 @@ fn is_live_postgres(stat: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_walreceiver_hearing_its_wal_is_gone_is_recognised() {
+        assert!(says_wal_gone("2026-01-01 00:00:00 UTC [42] FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000003 has already been removed"));
+        assert!(!says_wal_gone(
+            "LOG:  started streaming WAL from primary at 0/3000000 on timeline 1"
+        ));
+    }
 
     #[test]
     fn classifies_postgres_log_lines() {

@@ -54,8 +54,15 @@ async fn ctl_reports_unreachable_etcd() {
     assert!(!out.status.success());
     let e = last_line(&out);
     assert!(
-        e.starts_with("error: ") && e.contains(&format!("cannot reach etcd at {dead}")),
-        "{e}"
+        e.starts_with("error: ")
+            && e.contains(&format!(
+                "cannot reach etcd at {dead}: connection refused; check that etcd runs there"
+            )),
+        "the endpoint, the cause and what to check: {e}"
+    );
+    assert!(
+        !e.contains("tonic") && !e.contains("grpc"),
+        "no library chain: {e}"
     );
     assert_eq!(
         stderr(&out).lines().count(),
@@ -65,26 +72,51 @@ async fn ctl_reports_unreachable_etcd() {
     );
 }
 
+/// The line a role logs about `endpoint` being down, if it logged one.
+fn unreachable_line(log: &str, endpoint: &str) -> Option<String> {
+    let wanted = format!("cannot reach etcd at {endpoint}: connection refused; check");
+    log.lines().find(|l| l.contains(&wanted)).map(str::to_owned)
+}
+
 #[tokio::test]
 async fn keeper_and_sentinel_keep_retrying_while_etcd_is_down() {
     let mut c = TestCluster::initialised().await;
+    let dead = c.etcd.endpoint();
     c.etcd.stop();
     c.spawn_sentinel("sentinel1");
     c.spawn_keepers(&["k1"]);
+    c.spawn_proxy("proxy1", free_port(), free_port());
+    let roles = ["k1", "sentinel1", "proxy1"];
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(c.log("k1").contains("cannot read the cluster from etcd")
-        && c.log("sentinel1").contains("retrying"))
+        && c.log("sentinel1").contains("retrying")
+        && roles
+            .iter()
+            .all(|r| unreachable_line(&c.log(r), &dead).is_some()))
     {
         assert!(
             Instant::now() < deadline,
-            "no warning: keeper: {} sentinel: {}",
+            "no warning naming {dead} and the cause: keeper: {} sentinel: {} proxy: {}",
             c.log("k1"),
-            c.log("sentinel1")
+            c.log("sentinel1"),
+            c.log("proxy1")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    for role in roles {
+        let log = c.log(role);
+        let line = unreachable_line(&log, &dead).unwrap();
+        assert!(
+            !line.contains("tonic") && !line.contains("grpc"),
+            "{role}: one human line, the chain only at debug: {line}"
+        );
+        assert!(
+            !log.contains("tonic::transport"),
+            "{role}: the library chain leaked at info: {log}"
+        );
+    }
     assert!(
-        c.running("k1") && c.running("sentinel1"),
+        c.running("k1") && c.running("sentinel1") && c.running("proxy1"),
         "they must keep running"
     );
     // When etcd comes back, the cluster comes up.

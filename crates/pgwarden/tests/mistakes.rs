@@ -755,3 +755,68 @@ async fn alter_system_and_reload_of_a_managed_parameter_is_undone_at_once() {
     .expect("commits do not wait for a standby named nobody")
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_after_its_wal_was_recycled_re_clones_by_itself() {
+    let (mut c, primary, standbys) = TestCluster::three_nodes().await;
+    c.ctl_ok(&["spec", "set", "member_slots_ttl=3s"]);
+    let gone = standbys[0].clone();
+    let slot = format!("pgwarden_{gone}");
+    let port = c.port_of(&primary);
+    c.kill_host(&gone);
+    poll(
+        "the gone member's slot to be dropped",
+        Duration::from_secs(30),
+        || {
+            let slot = slot.clone();
+            async move {
+                let slots = query_strings(port, "SELECT slot_name::text FROM pg_replication_slots")
+                    .await
+                    .ok()?;
+                (!slots.contains(&slot)).then_some(())
+            }
+        },
+    )
+    .await;
+    // The primary moves past wal_keep_size (128MB, 8 segments) and recycles
+    // the segments the gone member would need.
+    let pg = connect(port).await.unwrap();
+    pg.batch_execute("CREATE TABLE lost_wal (i int)")
+        .await
+        .unwrap();
+    for i in 0..12 {
+        pg.batch_execute(&format!(
+            "INSERT INTO lost_wal VALUES ({i}); SELECT pg_switch_wal();"
+        ))
+        .await
+        .unwrap();
+    }
+    pg.batch_execute("CHECKPOINT; CHECKPOINT").await.unwrap();
+    let t0 = Instant::now();
+    c.start_keeper(&gone);
+    let gone_port = c.port_of(&gone);
+    // Caught up: it has the writes made while it was away, and streams.
+    poll(
+        "the returning member to catch up and stream",
+        CONVERGE,
+        || async move {
+            let rows = query_strings(gone_port, "SELECT count(*)::text FROM lost_wal")
+                .await
+                .ok()?;
+            let receiver = query_strings(gone_port, "SELECT status FROM pg_stat_wal_receiver")
+                .await
+                .ok()?;
+            (rows == ["12"] && receiver == ["streaming"]).then_some(())
+        },
+    )
+    .await;
+    let log = c.log(&gone);
+    assert!(
+        log.contains("has already been removed") && log.contains("re-cloning from the primary"),
+        "it caught up because it re-cloned, not because its WAL was still there: {log}"
+    );
+    eprintln!(
+        "{gone} re-cloned by itself and streams {:?} after its start",
+        t0.elapsed()
+    );
+}

@@ -10,25 +10,27 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use crate::{LeaseId, SecurityProblem};
+use crate::{LeaseId, SecurityProblem, TransportCause};
 
 /// An error from a [`crate::Store`] operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Every endpoint failed at the transport level (connection refused, reset,
-    /// no leader, ...). `source` is the last endpoint's error.
-    #[error("cannot reach etcd at {endpoints}")]
+    /// no leader, ...). One line: the endpoints, the cause of the last one
+    /// tried and what to check; the library's chain is in the debug log.
+    #[error("cannot reach etcd at {endpoints}: {cause}")]
     Unreachable {
         /// The endpoints tried, comma-joined.
         endpoints: String,
-        /// The error of the last endpoint tried.
-        #[source]
-        source: etcd_client::Error,
+        /// Why the last endpoint tried failed, and what to check.
+        cause: TransportCause,
+        /// The last endpoint's error chain, for debugging (not displayed).
+        detail: String,
     },
 
     /// No endpoint answered within the request timeout (e.g. hosts that drop
     /// packets). Treated like [`StoreError::Unreachable`] by `is_unreachable`.
-    #[error("cannot reach etcd at {endpoints}: no answer within {timeout:?}")]
+    #[error("cannot reach etcd at {endpoints}: {}", TransportCause::TimedOut(*timeout))]
     Timeout {
         /// The endpoints tried, comma-joined.
         endpoints: String,
@@ -188,5 +190,36 @@ pub(crate) fn is_lease_not_found(err: &etcd_client::Error) -> bool {
         // etcd-client's keep-alive helper reports a TTL of 0 this way.
         etcd_client::Error::LeaseKeepAliveError(msg) => msg.contains("lease not found"),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_etcd_is_one_line_with_endpoints_cause_and_check() {
+        let err = StoreError::Unreachable {
+            endpoints: "http://127.0.0.1:1,http://10.0.0.2:2379".into(),
+            cause: TransportCause::ConnectionRefused,
+            detail: "grpc request error: tcp connect error: Connection refused".into(),
+        };
+        let line = err.to_string();
+        assert_eq!(
+            line,
+            "cannot reach etcd at http://127.0.0.1:1,http://10.0.0.2:2379: connection refused; check that etcd runs there and that --store-endpoints names its --advertise-client-urls"
+        );
+        assert!(
+            std::error::Error::source(&err).is_none(),
+            "no chain after the line"
+        );
+        let timeout = StoreError::Timeout {
+            endpoints: "http://10.0.0.9:2379".into(),
+            timeout: Duration::from_millis(1500),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "cannot reach etcd at http://10.0.0.9:2379: timed out (no answer within 1.5s); check that the host is up and that no firewall blocks the etcd client port"
+        );
     }
 }

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use crate::error::{is_transport, StoreError};
 use crate::security::{chain_text, classify};
 use crate::StoreOptions;
+use crate::TransportCause;
 
 /// HTTP/2 ping interval on connections with open streams (watches, lease
 /// keep-alives), so a peer that silently vanished is detected. etcd's server
@@ -300,10 +301,14 @@ impl Pool {
         match last {
             Failure::Transport { endpoint, error } => match self.security(op, &endpoint, &error) {
                 Some(e) => e,
-                None => StoreError::Unreachable {
-                    endpoints: self.joined.clone(),
-                    source: error,
-                },
+                None => {
+                    let detail = chain_text(&error);
+                    StoreError::Unreachable {
+                        endpoints: self.joined.clone(),
+                        cause: TransportCause::of(&detail),
+                        detail,
+                    }
+                }
             },
             Failure::Timeout => StoreError::Timeout {
                 endpoints: self.joined.clone(),

@@ -27,6 +27,7 @@ mod quorum;
 mod renewals;
 mod security;
 mod store;
+mod transport;
 mod watch;
 
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub use lease::{LeaseKeeper, LeaseState};
 pub use renewals::{RenewalSummary, Renewals};
 pub use security::{Credentials, SecurityProblem, TlsFiles};
 pub use store::Store;
+pub use transport::TransportCause;
 
 /// An etcd lease id.
 pub type LeaseId = i64;

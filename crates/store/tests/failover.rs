@@ -81,7 +81,10 @@ async fn only_dead_endpoints_is_unreachable() {
     assert!(shown.starts_with("cannot reach etcd at"), "{shown}");
     assert_eq!(
         shown,
-        format!("cannot reach etcd at {},{}", dead[0], dead[1])
+        format!(
+            "cannot reach etcd at {},{}: connection refused; check that etcd runs there and that --store-endpoints names its --advertise-client-urls",
+            dead[0], dead[1]
+        )
     );
 
     let err = s.put("status", b"x".to_vec(), None).await.unwrap_err();

@@ -212,3 +212,56 @@ fn the_loop_runs_fast_while_a_failover_is_between_its_steps() {
         FAST_LOOP_MS
     );
 }
+
+#[test]
+fn a_standby_whose_wal_is_gone_from_the_primary_re_clones_itself() {
+    let (spec, status) = (Spec::default(), status());
+    let mut tick = Tick::new("b", &spec, &status, 4, 0).unwrap();
+    let mut streaming = running(true);
+    streaming.slots = Some(tick.wanted_slots.clone());
+    // One answer is not enough: the rule waits for a second.
+    assert!(!tick.reclone_for_lost_wal(LOST_WAL_REPORTS - 1));
+    assert_eq!(
+        tick.step(&round(&streaming)).unwrap().actions,
+        Vec::<PgAction>::new()
+    );
+    assert!(tick.reclone_for_lost_wal(LOST_WAL_REPORTS));
+    let actions = tick.step(&round(&streaming)).unwrap().actions;
+    assert_eq!(
+        actions,
+        vec![
+            PgAction::Stop,
+            PgAction::Wipe,
+            PgAction::BaseBackup {
+                host: "a".into(),
+                port: 5432
+            },
+            PgAction::WriteConfig,
+            PgAction::Start,
+        ]
+    );
+    // Once cloned, the next round does not clone again, and no operator
+    // request is reported as handled.
+    for action in &actions {
+        assert_eq!(tick.carried_out(action), None);
+    }
+    assert_eq!(
+        tick.step(&round(&streaming)).unwrap().actions,
+        Vec::<PgAction>::new()
+    );
+}
+
+#[test]
+fn only_a_standby_of_the_current_primary_re_clones_for_lost_wal() {
+    let primary = Assignment::Primary;
+    assert!(!lost_wal_reclone(Some(&primary), true, 9));
+    assert!(!lost_wal_reclone(None, true, 9));
+    // Mid-failover (following a node that is no longer primary): wait.
+    assert!(!lost_wal_reclone(Some(&standby_of("a")), false, 9));
+    assert!(lost_wal_reclone(
+        Some(&standby_of("a")),
+        true,
+        LOST_WAL_REPORTS
+    ));
+    assert!(!lost_wal_reclone(Some(&standby_of("a")), true, 0));
+}

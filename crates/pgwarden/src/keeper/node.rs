@@ -336,6 +336,16 @@ impl Node {
         self.period = Duration::from_millis(tick.period_ms);
         self.sync_names = tick.sync_names.clone();
         self.generation = status.generation;
+        let wal_gone = self
+            .postmaster
+            .as_ref()
+            .map_or(0, pgwarden_pg::Postmaster::wal_gone_reports);
+        if tick.reclone_for_lost_wal(wal_gone) {
+            tracing::warn!(
+                reports = wal_gone,
+                "the primary no longer has the WAL this standby needs (its slot was dropped while it was away?): re-cloning from the primary"
+            );
+        }
         let holds_primary_lease =
             tick.takes_primary_lease() && self.hold_primary_lease(&spec).await;
         let mut failed = None;
