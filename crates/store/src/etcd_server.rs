@@ -588,10 +588,16 @@ impl EtcdCluster {
             let Some(leader) = list.members().iter().find(|m| m.id() == leader) else {
                 continue;
             };
-            return self
+            let position = self
                 .members
                 .iter()
                 .position(|m| leader.peer_urls().contains(&m.peer_url()));
+            // A follower still names a leader that was just killed until its
+            // election timeout: that is no leader.
+            match position {
+                Some(i) if self.members[i].is_running() => return Some(i),
+                _ => continue,
+            }
         }
         None
     }
