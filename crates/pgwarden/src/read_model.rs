@@ -376,27 +376,11 @@ mod tests {
     }
 }
 
-/// `2026-11-21 09:14:05Z` from milliseconds since the epoch (UTC, no time
-/// zone database needed).
+/// `2026-11-21 09:14:05Z` from milliseconds since the epoch (UTC): core's
+/// RFC 3339 rendering, with a space and without the milliseconds.
 fn format_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = pgwarden_core::alerts::rfc3339(ms);
+    format!("{} {}Z", &t[..10], &t[11..19])
 }
 
 #[cfg(test)]
